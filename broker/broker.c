@@ -1,0 +1,240 @@
+/* Broker lifecycle, group commit and housekeeping. */
+#include <libwebsockets.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth.h"
+#include "mb.h"
+#include "net.h"
+
+int64_t mb_now(void) { return mp_now_ms(); }
+
+void mb_new_id(mb_broker *b, const char *prefix, char *out, size_t outlen)
+{
+    char u[MP_ULID_LEN + 1];
+    mp_ulid_next(&b->ulid, mb_now(), u);
+    snprintf(out, outlen, "%s%s", prefix ? prefix : "", u);
+}
+
+int mb_txn(mb_broker *b)
+{
+    if (b->store_failed)
+        return -1;
+    if (b->txn_open)
+        return 0;
+    int rc = mst_begin(b->store);
+    if (rc) {
+        mb_error("store", "cannot begin a transaction: %s (%s)", mst_strerror(rc), mst_last_error(b->store));
+        return -1;
+    }
+    b->txn_open = 1;
+    b->txn_gen = b->committed_gen + 1;
+    mb_net_commit_soon(b);
+    return 0;
+}
+
+static void mb__hist_bucket(mb_broker *b, uint64_t us)
+{
+    static const uint64_t lim[] = {100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000};
+    size_t i = 0;
+    while (i < sizeof lim / sizeof lim[0] && us > lim[i])
+        i++;
+    b->stats.commit_hist[i]++;
+}
+
+void mb_broker_commit(mb_broker *b)
+{
+    if (b->txn_open) {
+        int64_t t0 = mp_mono_us();
+        int rc = mst_commit(b->store);
+        uint64_t us = (uint64_t)(mp_mono_us() - t0);
+        b->stats.commits++;
+        b->stats.commit_us_total += us;
+        if (us > b->stats.commit_us_max)
+            b->stats.commit_us_max = us;
+        mb__hist_bucket(b, us);
+        b->txn_open = 0;
+        if (rc) {
+            /* Nothing acknowledged may be lost, so a failed commit must not be
+             * acknowledged: the held replies are dropped with their sessions'
+             * connections, and the broker stops accepting writes. */
+            mb_error("store", "COMMIT FAILED: %s (%s); closing affected connections, refusing further writes",
+                     mst_strerror(rc), mst_last_error(b->store));
+            mst_rollback(b->store);
+            b->store_failed = 1;
+            for (mb_session *s = b->wake_list; s; s = s->wake_next)
+                if (s->wsi)
+                    lws_set_timeout(s->wsi, PENDING_TIMEOUT_CLOSE_SEND, LWS_TO_KILL_ASYNC);
+        }
+        b->committed_gen = b->txn_gen;
+    }
+    mb_session *s = b->wake_list;
+    b->wake_list = NULL;
+    while (s) {
+        mb_session *n = s->wake_next;
+        s->in_wake_list = 0;
+        s->wake_next = NULL;
+        if (s->wsi && s->state != MB_CLOSED && !b->store_failed)
+            lws_callback_on_writable(s->wsi);
+        s = n;
+    }
+    /* sessions retired during this pass can go now that no queue refers to them */
+    while (b->graveyard) {
+        mb_session *d = b->graveyard;
+        b->graveyard = d->next_dead;
+        mb_session_free(d);
+    }
+}
+
+void mb_broker_housekeeping(mb_broker *b)
+{
+    int64_t now = mb_now();
+    /* expired detached sessions, slow consumers */
+    mb_map_ent *e = mb_map_first(b->sessions);
+    while (e) {
+        mb_map_ent *next = mb_map_next(e);
+        mb_session *s = mb_map_val(e);
+        if (s->detached && now - s->detached_at >= b->cfg->resume_window_ms) {
+            mb_info(s->session_id, "resume window over; session ended");
+            mb_session_destroy(s, "resume_window_expired");
+        } else if (s->wsi && s->full_since && now - s->full_since >= b->cfg->slow_consumer_ms) {
+            mb_warn(s->session_id, "slow consumer: queue full for %lld ms (%zu frames, %zu bytes, %llu dropped); disconnecting",
+                    (long long)(now - s->full_since), s->q_count, s->q_bytes, (unsigned long long)s->dropped);
+            b->stats.slow_consumers_closed++;
+            lws_close_reason(s->wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION, (unsigned char *)"slow consumer", 13);
+            lws_set_timeout(s->wsi, PENDING_TIMEOUT_CLOSE_SEND, LWS_TO_KILL_ASYNC);
+            s->full_since = 0;
+        }
+        e = next;
+    }
+    /* agents reloaded after a restart and never reclaimed */
+    e = mb_map_first(b->agents);
+    while (e) {
+        mb_map_ent *next = mb_map_next(e);
+        mb_agent *a = mb_map_val(e);
+        if (a->expires_at && now >= a->expires_at && !a->session) {
+            mb_info("registry", "agent %s was not reclaimed after restart; unregistering", a->id);
+            mb_agent_remove(b, a, "not_reclaimed", NULL);
+        }
+        e = next;
+    }
+    if (!b->txn_open)
+        mb_broker_commit(b);
+}
+
+/* Reload the registry's last known state after a restart. Agents come back
+ * ownerless until their process reconnects and reclaims them (or the resume
+ * window passes). */
+static int mb__load_agent(void *arg, const struct mst_record *r)
+{
+    mb_broker *b = arg;
+    json_error_t je;
+    json_t *doc = json_loadb(r->json, r->len, 0, &je);
+    if (!doc)
+        return 0;
+    mb_agent *a = mb_agent_restore(b, doc);
+    if (a)
+        a->expires_at = mb_now() + b->cfg->resume_window_ms;
+    return 0;
+}
+
+static int mb__load_scope(void *arg, const struct mst_record *r)
+{
+    mb_broker *b = arg;
+    json_t *doc = json_loadb(r->json, r->len, 0, NULL);
+    if (!doc)
+        return 0;
+    mb_scope_restore(b, doc);
+    return 0;
+}
+
+int mb_broker_init(mb_broker *b, mb_config *cfg, char *errbuf, size_t errlen)
+{
+    memset(b, 0, sizeof *b);
+    b->cfg = cfg;
+    b->started_at = mb_now();
+    b->limits = MP_LIMITS_DEFAULT;
+    b->limits.max_message = (size_t)cfg->max_message;
+    b->limits.max_depth = (int)cfg->max_depth;
+    mp_ulid_init(&b->ulid, 0);
+    b->sessions = mb_map_new();
+    b->participants = mb_map_new();
+    b->resume_tokens = mb_map_new();
+    b->agents = mb_map_new();
+    b->scopes = mb_map_new();
+    b->sub_index = mb_map_new();
+    b->hist_cap = (size_t)cfg->event_history;
+    b->hist = calloc(b->hist_cap, sizeof *b->hist);
+    if (!b->sessions || !b->participants || !b->resume_tokens || !b->agents || !b->scopes || !b->sub_index ||
+        !b->hist) {
+        snprintf(errbuf, errlen, "out of memory");
+        return -1;
+    }
+    int rc = mst_open_uri(cfg->store, !strcmp(cfg->durability, "normal") ? MST_DUR_NORMAL : MST_DUR_FULL, &b->store,
+                          errbuf, errlen);
+    if (rc)
+        return -1;
+    uint64_t last = 0;
+    char last_id[32] = "";
+    if (mst_event_last(b->store, &last, last_id) == MST_OK)
+        b->event_seq = last;
+    mst_scan(b->store, MST_SCOPE, NULL, mb__load_scope, b);
+    mst_scan(b->store, MST_AGENT, NULL, mb__load_agent, b);
+    if (mb_mail_init(b, errbuf, errlen))
+        return -1;
+    mb_info("store", "%s store open (epoch %s, %llu events, %zu agents, %zu scopes reloaded)", mst_name(b->store),
+            mst_epoch(b->store), (unsigned long long)last, mb_map_size(b->agents), mb_map_size(b->scopes));
+    return 0;
+}
+
+static void mb__free_agent(void *p)
+{
+    mb_agent_free(p);
+}
+
+static void mb__free_scope(void *p)
+{
+    mb_scope_free(p);
+}
+
+void mb_broker_free(mb_broker *b)
+{
+    b->stopping = 1;
+    if (b->sessions) {
+        mb_map_ent *e = mb_map_first(b->sessions);
+        while (e) {
+            mb_map_ent *n = mb_map_next(e);
+            mb_session *s = mb_map_val(e);
+            s->wsi = NULL; /* context already destroyed or about to be */
+            mb_subs_drop_session(b, s);
+            mb_map_free(s->owned, NULL);
+            s->owned = mb_map_new();
+            mb_map_del(b->sessions, mb_map_key(e));
+            s->state = MB_CLOSED;
+            s->next_dead = b->graveyard;
+            b->graveyard = s;
+            e = n;
+        }
+    }
+    if (b->store && b->txn_open) {
+        mst_commit(b->store);
+        b->txn_open = 0;
+    }
+    while (b->graveyard) {
+        mb_session *d = b->graveyard;
+        b->graveyard = d->next_dead;
+        mb_session_free(d);
+    }
+    mb_mail_free(b);
+    mb_events_free(b);
+    mb_map_free(b->agents, mb__free_agent);
+    mb_map_free(b->scopes, mb__free_scope);
+    mb_map_free(b->sessions, NULL);
+    mb_map_free(b->participants, NULL);
+    mb_map_free(b->resume_tokens, NULL);
+    mb_map_free(b->sub_index, NULL);
+    free(b->hist);
+    mst_close(b->store);
+    b->store = NULL;
+}

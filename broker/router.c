@@ -1,0 +1,365 @@
+/* map/send: address resolution (MAP.md 8.3), fan-out of one encoded
+ * map/message per distinct recipient connection, message_* events, mail
+ * interception; map/inject; federation envelopes (13.3-13.5). */
+#include <string.h>
+
+#include "auth.h"
+#include "mb.h"
+#include "mp_addr.h"
+
+/* A resolved recipient: the id reported in `delivered` and the session that gets the frame. */
+typedef struct mb_rcpt {
+    const char *id;
+    mb_session *s; /* NULL = offline */
+} mb_rcpt;
+
+typedef struct mb_rset {
+    mb_rcpt *v;
+    size_t n, cap;
+    mb_map *seen;
+} mb_rset;
+
+static void mb__rs_add(mb_rset *rs, const char *id, mb_session *s)
+{
+    if (mb_map_get(rs->seen, id))
+        return;
+    if (rs->n == rs->cap) {
+        size_t nc = rs->cap ? rs->cap * 2 : 16;
+        mb_rcpt *nv = realloc(rs->v, nc * sizeof *nv);
+        if (!nv)
+            return;
+        rs->v = nv;
+        rs->cap = nc;
+    }
+    rs->v[rs->n++] = (mb_rcpt){id, s};
+    mb_map_put(rs->seen, id, (void *)1);
+}
+
+static void mb__rs_agent(mb_rset *rs, mb_agent *a)
+{
+    mb__rs_add(rs, a->id, a->session && a->session->wsi ? a->session : NULL);
+}
+
+static int mb__own(mb_session *s, mb_agent *a) { return a->session == s; }
+
+static void mb__descend(mb_rset *rs, mb_agent *a, int depth, int max)
+{
+    if (max && depth > max)
+        return;
+    MB_MAP_FOREACH(a->children, e)
+    {
+        mb__rs_agent(rs, mb_map_val(e));
+        mb__descend(rs, mb_map_val(e), depth + 1, max);
+    }
+}
+
+/* Resolve `addr` for sender session s. Fills rs; returns 0 or an error in cx. */
+static int mb__resolve(mb_ctx *cx, const mp_addr *ad, mb_rset *rs, int *federated)
+{
+    mb_broker *b = cx->b;
+    mb_session *s = cx->s;
+    mb_agent *me = mb_agent_get(b, s->primary_agent);
+    *federated = 0;
+    switch (ad->kind) {
+    case MP_ADDR_BARE: {
+        mb_agent *a = mb_agent_get(b, ad->id);
+        mb_scope *sc = mb_scope_get(b, ad->id);
+        if (a && sc)
+            return MB_FAIL(cx, MP_ADDRESS_AMBIGUOUS, "to", "Address \"%s\" names both an agent and a scope", ad->id);
+        if (a) {
+            mb__rs_agent(rs, a);
+            return 0;
+        }
+        mb_session *p = mb_map_get(b->participants, ad->id);
+        if (p) {
+            mb__rs_add(rs, p->participant_id, p->wsi ? p : NULL);
+            return 0;
+        }
+        if (sc) {
+            MB_MAP_FOREACH(sc->members, e) if (!mb__own(s, mb_map_val(e))) mb__rs_agent(rs, mb_map_val(e));
+            return 0;
+        }
+        return MB_FAIL(cx, MP_AGENT_NOT_FOUND, "to", "Agent not found: %s", ad->id);
+    }
+    case MP_ADDR_AGENT: {
+        mb_agent *a = mb_agent_get(b, ad->id);
+        if (a) {
+            mb__rs_agent(rs, a);
+            return 0;
+        }
+        mb_session *p = mb_map_get(b->participants, ad->id); /* replies to clients */
+        if (p) {
+            mb__rs_add(rs, p->participant_id, p->wsi ? p : NULL);
+            return 0;
+        }
+        return MB_FAIL(cx, MP_AGENT_NOT_FOUND, "to.agent", "Agent not found: %s", ad->id);
+    }
+    case MP_ADDR_AGENTS: {
+        size_t i;
+        json_t *x;
+        json_array_foreach(ad->list, i, x)
+        {
+            mb_agent *a = mb_agent_get(b, json_string_value(x));
+            if (a)
+                mb__rs_agent(rs, a);
+            else {
+                mb_session *p = mb_map_get(b->participants, json_string_value(x));
+                if (p)
+                    mb__rs_add(rs, p->participant_id, p->wsi ? p : NULL);
+            }
+        }
+        if (!rs->n)
+            return MB_FAIL(cx, MP_AGENT_NOT_FOUND, "to.agents", "None of the addressed agents exist");
+        return 0;
+    }
+    case MP_ADDR_SCOPE: {
+        mb_scope *sc = mb_scope_get(b, ad->id);
+        if (!sc)
+            return MB_FAIL(cx, MP_SCOPE_NOT_FOUND, "to.scope", "Scope not found: %s", ad->id);
+        const char *pol = json_string_value(json_object_get(sc->doc, "sendPolicy"));
+        if (pol && !strcmp(pol, "members")) {
+            int member = 0;
+            MB_MAP_FOREACH(s->owned, e) if (mb_map_get(sc->members, mb_map_key(e))) member = 1;
+            if (!member)
+                return MB_FAIL(cx, MP_PERMISSION_DENIED, "to.scope", "Only members may send to scope %s", sc->id);
+        }
+        MB_MAP_FOREACH(sc->members, e) if (!mb__own(s, mb_map_val(e))) mb__rs_agent(rs, mb_map_val(e));
+        return 0;
+    }
+    case MP_ADDR_ROLE: {
+        mb_scope *within = NULL;
+        if (ad->within && !(within = mb_scope_get(b, ad->within)))
+            return MB_FAIL(cx, MP_SCOPE_NOT_FOUND, "to.within", "Scope not found: %s", ad->within);
+        MB_MAP_FOREACH(within ? within->members : b->agents, e)
+        {
+            mb_agent *a = mb_map_val(e);
+            if (a->role && !strcmp(a->role, ad->id) && !mb__own(s, a))
+                mb__rs_agent(rs, a);
+        }
+        return 0;
+    }
+    case MP_ADDR_PARENT:
+        if (me && mb_agent_get(b, me->parent))
+            mb__rs_agent(rs, mb_agent_get(b, me->parent));
+        return 0;
+    case MP_ADDR_CHILDREN:
+    case MP_ADDR_DESCENDANTS:
+        if (me)
+            mb__descend(rs, me, 1, ad->kind == MP_ADDR_CHILDREN ? (ad->depth ? ad->depth : 1) : ad->depth);
+        return 0;
+    case MP_ADDR_SIBLINGS:
+        if (me && mb_agent_get(b, me->parent))
+            MB_MAP_FOREACH(mb_agent_get(b, me->parent)->children, e) if (mb_map_val(e) != me)
+                mb__rs_agent(rs, mb_map_val(e));
+        return 0;
+    case MP_ADDR_ANCESTORS: {
+        int d = 0;
+        for (mb_agent *a = me ? mb_agent_get(b, me->parent) : NULL; a && (!ad->depth || d < ad->depth) && d < 1000;
+             a = mb_agent_get(b, a->parent), d++)
+            mb__rs_agent(rs, a);
+        return 0;
+    }
+    case MP_ADDR_BROADCAST:
+        MB_MAP_FOREACH(b->agents, e) if (!mb__own(s, mb_map_val(e))) mb__rs_agent(rs, mb_map_val(e));
+        return 0;
+    case MP_ADDR_SYSTEM:
+        return 0;
+    case MP_ADDR_PARTICIPANT: {
+        mb_session *p = mb_map_get(b->participants, ad->id);
+        if (!p)
+            return MB_FAIL(cx, MP_ADDRESS_NOT_FOUND, "to.participant", "Participant not found: %s", ad->id);
+        mb__rs_add(rs, p->participant_id, p->wsi ? p : NULL);
+        return 0;
+    }
+    case MP_ADDR_PARTICIPANTS:
+        MB_MAP_FOREACH(b->participants, e)
+        {
+            mb_session *p = mb_map_val(e);
+            if (p->state != MB_READY || !p->wsi || p == s)
+                continue;
+            if (!strcmp(ad->which, "agents") && p->ptype != MB_PT_AGENT)
+                continue;
+            if (!strcmp(ad->which, "clients") && p->ptype != MB_PT_CLIENT)
+                continue;
+            mb__rs_add(rs, p->participant_id, p);
+        }
+        return 0;
+    case MP_ADDR_FEDERATED:
+        if (!strcmp(ad->system, b->cfg->system_id)) {
+            mb_agent *a = mb_agent_get(b, ad->id);
+            if (!a)
+                return MB_FAIL(cx, MP_AGENT_NOT_FOUND, "to.agent", "Agent not found: %s", ad->id);
+            mb__rs_agent(rs, a);
+            return 0;
+        }
+        *federated = 1;
+        return 0;
+    }
+    return MB_FAIL(cx, MP_INVALID_PARAMS, "to", "Unsupported address");
+}
+
+int mb_route_deliver(mb_broker *b, mb_session *to, mb_frame *f)
+{
+    return mb_session_send(to, f, MB_Q_MESSAGE);
+}
+
+
+/* Route one message. msg_id_out gets the message id (>= 40 bytes). */
+int mb_send_message(mb_ctx *cx, json_t *to, json_t *payload, json_t *meta, char *msg_id_out)
+{
+    mb_broker *b = cx->b;
+    mb_session *s = cx->s;
+    mp_addr ad;
+    if (mp_addr_parse(to, &ad, &cx->err))
+        return cx->err.code;
+    if (meta && !json_is_object(meta))
+        return MB_FAIL(cx, MP_INVALID_PARAMS, "meta", "Parameter meta must be an object");
+    mb_rset rs = {.seen = mb_map_new()};
+    int federated = 0;
+    if (mb__resolve(cx, &ad, &rs, &federated)) {
+        free(rs.v);
+        mb_map_free(rs.seen, NULL);
+        return cx->err.code;
+    }
+    char mid[64];
+    mb_new_id(b, NULL, mid, sizeof mid);
+    if (msg_id_out)
+        snprintf(msg_id_out, 64, "%s", mid);
+    const char *from = mb_session_from(s);
+    int64_t now = mb_now();
+    json_t *msg = json_pack("{s:s, s:s, s:O, s:I}", "id", mid, "from", from, "to", to, "timestamp", (json_int_t)now);
+    if (payload)
+        json_object_set(msg, "payload", payload);
+    if (meta)
+        json_object_set(msg, "meta", meta);
+    b->stats.messages_routed++;
+
+    const char *corr = json_string_value(json_object_get(meta, "correlationId"));
+    int is_result = json_is_true(json_object_get(meta, "isResult"));
+    const char *prio = json_string_value(json_object_get(meta, "priority"));
+    char sent_id[MP_ULID_LEN + 1];
+    json_t *sd = json_pack("{s:s, s:s, s:O, s:I, s:O}", "messageId", mid, "from", from, "to", to, "timestamp",
+                           (json_int_t)now, "message", msg);
+    if (corr)
+        json_object_set_new(sd, "correlationId", json_string(corr));
+    if (prio)
+        json_object_set_new(sd, "priority", json_string(prio));
+    if (payload)
+        json_object_set(sd, "payload", payload);
+    if (federated)
+        json_object_set_new(sd, "federatedTo", json_string(ad.system));
+    mb_emit(b, "message_sent", from, sd, NULL, sent_id);
+
+    json_t *delivered = json_array();
+    int rc = 0;
+    if (federated) {
+        rc = mb_federation_forward(cx, ad.system, msg);
+    } else if (rs.n) {
+        json_t *note = mp_rpc_notification("map/message", json_pack("{s:O}", "message", msg));
+        mb_frame *f = mb_frame_json(note);
+        json_decref(note);
+        mb_map *sent_to = mb_map_new();
+        size_t failed = 0;
+        for (size_t i = 0; i < rs.n; i++) {
+            mb_rcpt *r = &rs.v[i];
+            int ok = 0;
+            if (r->s && f) {
+                char key[32];
+                snprintf(key, sizeof key, "%llu", (unsigned long long)r->s->serial);
+                if (mb_map_get(sent_to, key))
+                    ok = 1; /* one frame per connection even if it owns several targets */
+                else if (mb_route_deliver(b, r->s, f) == 0) {
+                    mb_map_put(sent_to, key, (void *)1);
+                    ok = 1;
+                }
+            }
+            if (ok) {
+                b->stats.deliveries++;
+                json_array_append_new(delivered, json_string(r->id));
+                json_t *dd = json_pack("{s:s, s:s, s:[s], s:I, s:O}", "messageId", mid, "from", from, "deliveredTo",
+                                       r->id, "timestamp", (json_int_t)mb_now(), "message", msg);
+                if (corr && is_result)
+                    json_object_set_new(dd, "correlationId", json_string(corr));
+                if (payload)
+                    json_object_set(dd, "payload", payload);
+                mb_emit(b, "message_delivered", from, dd, sent_id, NULL);
+            } else {
+                failed++;
+                b->stats.delivery_failures++;
+                mb_emit(b, "message_failed", from,
+                        json_pack("{s:s, s:s, s:O, s:s, s:s, s:i}", "messageId", mid, "from", from, "to", to, "recipient",
+                                  r->id, "reason", r->s ? "queue overflow" : "recipient offline", "code",
+                                  MP_DELIVERY_FAILED),
+                        sent_id, NULL);
+            }
+        }
+        mb_frame_unref(f);
+        mb_map_free(sent_to, NULL);
+        if (failed == rs.n)
+            rc = MB_FAIL(cx, MP_DELIVERY_FAILED, "to", "Delivery failed: no addressed recipient is reachable");
+    }
+    /* mail interception: recorded even if delivery failed; never fails the send */
+    if (json_is_object(json_object_get(meta, "mail")))
+        mb_mail_intercept(b, s, mid, cx->params);
+    if (!rc)
+        cx->result = json_pack("{s:s, s:o}", "messageId", mid, "delivered", delivered);
+    else
+        json_decref(delivered);
+    json_decref(msg);
+    free(rs.v);
+    mb_map_free(rs.seen, NULL);
+    return rc;
+}
+
+static int h_send(mb_ctx *cx)
+{
+    json_t *to = json_object_get(cx->params, "to");
+    json_t *payload = json_object_get(cx->params, "payload");
+    json_t *meta = json_object_get(cx->params, "meta");
+    if (json_is_null(meta))
+        meta = NULL;
+    char mid[64];
+    return mb_send_message(cx, to, payload, meta, mid);
+}
+
+static int h_inject(mb_ctx *cx)
+{
+    const char *aid, *delivery = "best-effort";
+    if (mp_get_str(cx->params, "agentId", MP_REQUIRED, &aid, &cx->err) ||
+        mp_get_str(cx->params, "delivery", 0, &delivery, &cx->err))
+        return cx->err.code;
+    if (!delivery)
+        delivery = "best-effort";
+    if (strcmp(delivery, "interrupt") && strcmp(delivery, "queue") && strcmp(delivery, "best-effort"))
+        return MB_FAIL(cx, MP_INVALID_PARAMS, "delivery", "delivery must be interrupt, queue or best-effort");
+    json_t *content = json_object_get(cx->params, "content");
+    if (!content)
+        return MB_FAIL(cx, MP_INVALID_PARAMS, "content", "Missing required parameter: content");
+    mb_agent *a = mb_agent_get(cx->b, aid);
+    if (!a)
+        return MB_FAIL(cx, MP_AGENT_NOT_FOUND, "agentId", "Agent not found: %s", aid);
+    if (!strcmp(a->state, "stopped"))
+        return MB_FAIL(cx, MP_TERMINATED, "agentId", "Agent %s is stopped", aid);
+    mb_audit(cx, aid, cx->params);
+    int injected = 0;
+    if (a->session && a->session->wsi) {
+        char mid[64];
+        mb_new_id(cx->b, NULL, mid, sizeof mid);
+        json_t *n = mp_rpc_notification(
+            "map/message",
+            json_pack("{s:{s:s, s:s, s:{s:s}, s:I, s:O, s:{s:s, s:{s:{s:s}}}}}", "message", "id", mid, "from",
+                      mb_session_from(cx->s), "to", "agent", aid, "timestamp", (json_int_t)mb_now(), "payload", content,
+                      "meta", "priority", !strcmp(delivery, "interrupt") ? "urgent" : "high", "_meta", "map/inject",
+                      "delivery", delivery));
+        injected = mb_session_send_json(a->session, n, MB_Q_MESSAGE) == 0;
+        json_decref(n);
+    }
+    cx->result = json_pack("{s:b, s:s}", "injected", injected, "delivery", "message");
+    return 0;
+}
+
+const mb_method mb_methods_send[] = {
+    {"map/send", h_send, 0},
+    {"map/inject", h_inject, MB_M_OPERATOR | MB_M_WRITES},
+    {NULL, NULL, 0},
+};
