@@ -5,6 +5,14 @@
 
 #include "mp_json.h"
 
+/* Key present with a non-null value: absent and null are alike (MAP.md 1.1), so
+ * {"agent":null,"scope":"s"} is a scope address. */
+static json_t *mp__has(json_t *to, const char *key)
+{
+    json_t *v = json_object_get(to, key);
+    return json_is_null(v) ? NULL : v;
+}
+
 static int mp__str_field(json_t *to, const char *key, const char **out, mp_err *e)
 {
     json_t *v = json_object_get(to, key);
@@ -55,19 +63,19 @@ int mp_addr_parse(json_t *to, mp_addr *out, mp_err *e)
     if (!json_is_object(to))
         return mp_err_set(e, MP_INVALID_PARAMS, "to", "Address must be a string or an object");
 
-    json_t *sys = json_object_get(to, "system");
-    if (json_is_string(sys) && json_object_get(to, "agent")) {
+    json_t *sys = mp__has(to, "system");
+    if (json_is_string(sys) && mp__has(to, "agent")) {
         out->kind = MP_ADDR_FEDERATED;
         out->system = json_string_value(sys);
         if (!*out->system)
             return mp_err_set(e, MP_INVALID_PARAMS, "to.system", "Address field to.system must be a non-empty string");
         return mp__str_field(to, "agent", &out->id, e);
     }
-    if (json_object_get(to, "agent")) {
+    if (mp__has(to, "agent")) {
         out->kind = MP_ADDR_AGENT;
         return mp__str_field(to, "agent", &out->id, e);
     }
-    if (json_object_get(to, "agents")) {
+    if (mp__has(to, "agents")) {
         json_t *l = json_object_get(to, "agents");
         if (!json_is_array(l) || json_array_size(l) == 0)
             return mp_err_set(e, MP_INVALID_PARAMS, "to.agents", "Address field to.agents must be a non-empty array of strings");
@@ -79,11 +87,11 @@ int mp_addr_parse(json_t *to, mp_addr *out, mp_err *e)
         out->list = l;
         return 0;
     }
-    if (json_object_get(to, "scope")) {
+    if (mp__has(to, "scope")) {
         out->kind = MP_ADDR_SCOPE;
         return mp__str_field(to, "scope", &out->id, e);
     }
-    if (json_object_get(to, "role")) {
+    if (mp__has(to, "role")) {
         out->kind = MP_ADDR_ROLE;
         int rc = mp__str_field(to, "role", &out->id, e);
         if (rc)
@@ -93,7 +101,7 @@ int mp_addr_parse(json_t *to, mp_addr *out, mp_err *e)
             return mp__str_field(to, "within", &out->within, e);
         return 0;
     }
-    if (json_object_get(to, "broadcast")) {
+    if (mp__has(to, "broadcast")) {
         out->kind = MP_ADDR_BROADCAST;
         return mp__true_field(to, "broadcast", e);
     }
@@ -101,11 +109,11 @@ int mp_addr_parse(json_t *to, mp_addr *out, mp_err *e)
         out->kind = MP_ADDR_SYSTEM;
         return mp__true_field(to, "system", e);
     }
-    if (json_object_get(to, "participant")) {
+    if (mp__has(to, "participant")) {
         out->kind = MP_ADDR_PARTICIPANT;
         return mp__str_field(to, "participant", &out->id, e);
     }
-    if (json_object_get(to, "participants")) {
+    if (mp__has(to, "participants")) {
         const char *w = json_string_value(json_object_get(to, "participants"));
         if (!w || (strcmp(w, "all") && strcmp(w, "agents") && strcmp(w, "clients")))
             return mp_err_set(e, MP_INVALID_PARAMS, "to.participants",
@@ -123,7 +131,7 @@ int mp_addr_parse(json_t *to, mp_addr *out, mp_err *e)
                 {"ancestors", MP_ADDR_ANCESTORS},
                 {"descendants", MP_ADDR_DESCENDANTS}};
     for (size_t i = 0; i < sizeof hier / sizeof hier[0]; i++) {
-        if (json_object_get(to, hier[i].key)) {
+        if (mp__has(to, hier[i].key)) {
             out->kind = hier[i].kind;
             int rc = mp__true_field(to, hier[i].key, e);
             return rc ? rc : mp__depth(to, out, e);

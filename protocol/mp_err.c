@@ -3,22 +3,52 @@
 #include <stdio.h>
 #include <string.h>
 
-/* Truncation by snprintf may cut a multi-byte UTF-8 sequence; jansson would then
- * refuse the string. Drop an incomplete trailing sequence. */
+/* Length of the valid UTF-8 sequence at s (as strict as jansson: no overlongs,
+ * no surrogates, nothing above U+10FFFF), or 0 if the bytes at s are not one. */
+static size_t mp__utf8_seq(const unsigned char *s)
+{
+    unsigned char c = s[0];
+    if (c < 0x80)
+        return 1;
+    size_t n;
+    unsigned int cp;
+    if (c >= 0xC2 && c <= 0xDF) {
+        n = 2;
+        cp = c & 0x1Fu;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        cp = c & 0x0Fu;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        cp = c & 0x07u;
+    } else {
+        return 0; /* stray continuation byte, overlong 2-byte lead, or 0xF5..0xFF */
+    }
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xC0) != 0x80) /* also stops at the NUL terminator */
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3Fu);
+    }
+    if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;
+    return n;
+}
+
+/* Truncation by snprintf may cut a multi-byte UTF-8 sequence (and a caller's
+ * "%.*s" may cut one in the middle); jansson would then refuse the string and the
+ * whole error object would be lost. Cut the text at the first invalid sequence. */
 static void mp__utf8_trim(char *s)
 {
-    size_t n = strlen(s);
-    if (!n)
-        return;
-    size_t i = n;
-    while (i > 0 && ((unsigned char)s[i - 1] & 0xC0) == 0x80)
-        i--;
-    if (i == 0)
-        return;
-    unsigned char lead = (unsigned char)s[i - 1];
-    size_t need = lead < 0x80 ? 1 : (lead >> 5) == 6 ? 2 : (lead >> 4) == 14 ? 3 : (lead >> 3) == 30 ? 4 : 0;
-    if (need == 0 || (n - (i - 1)) < need)
-        s[i - 1] = '\0';
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+    while (p[i]) {
+        size_t n = mp__utf8_seq(p + i);
+        if (!n) {
+            s[i] = '\0';
+            return;
+        }
+        i += n;
+    }
 }
 
 int mp_err_vset(mp_err *e, int code, const char *field, const char *fmt, va_list ap)
@@ -59,6 +89,7 @@ const char *mp_err_category(int code)
     if (code >= 4000 && code < 5000) return "resource";
     if (code >= 5000 && code < 6000) return "federation";
     if (code >= 10000 && code < 11000) return "mail";
+    if (code >= 13000 && code < 14000) return "trajectory"; /* MAP.md 1.3, 14.8 */
     if (code == MP_INTERNAL) return "internal";
     return "protocol";
 }

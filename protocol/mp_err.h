@@ -83,7 +83,7 @@ int mp_err_vset(mp_err *e, int code, const char *field, const char *fmt, va_list
     __attribute__((format(printf, 4, 0)));
 void mp_err_clear(mp_err *e);
 
-/* "protocol", "auth", "routing", "agent", "resource", "federation", "mail", "internal". */
+/* "protocol", "auth", "routing", "agent", "resource", "federation", "mail", "trajectory", "internal". */
 const char *mp_err_category(int code);
 
 /* Build the JSON-RPC error object {code, message, data:{category, field?, retryable?}}.

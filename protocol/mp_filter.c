@@ -27,15 +27,18 @@ int mp_event_type_match(const char *pat, const char *type)
     }
 }
 
-static int mp__compile_list(json_t *filter, const char *key, mp_filter ***out, size_t *n, mp_err *e);
+static int mp__compile_list(json_t *filter, const char *prefix, const char *key, mp_filter ***out, size_t *n,
+                            mp_err *e);
 
-int mp_filter_compile(json_t *filter, mp_filter **out, mp_err *e)
+/* Compile one (sub-)filter. `prefix` names it in error fields: "filter" at the top,
+ * "filter.$or[1]" for a nested one, so e->field is always "filter...." . */
+static int mp__compile(json_t *filter, const char *prefix, mp_filter **out, mp_err *e)
 {
     *out = NULL;
     if (filter && json_is_null(filter))
         filter = NULL;
     if (filter && !json_is_object(filter))
-        return mp_err_set(e, MP_INVALID_PARAMS, "filter", "Parameter filter must be an object");
+        return mp_err_set(e, MP_INVALID_PARAMS, prefix, "Parameter %s must be an object", prefix);
     mp_filter *f = calloc(1, sizeof *f);
     if (!f)
         return mp_err_set(e, MP_INTERNAL, NULL, "out of memory");
@@ -47,9 +50,9 @@ int mp_filter_compile(json_t *filter, mp_filter **out, mp_err *e)
     } arrs[] = {{"eventTypes", &f->event_types}, {"fromAgents", &f->from_agents}, {"agents", &f->agents},
                 {"fromRoles", &f->from_roles},   {"roles", &f->roles},            {"scopes", &f->scopes},
                 {"priorities", &f->priorities},  {"correlationIds", &f->correlation_ids}};
-    char path[64];
+    char path[128];
     for (size_t i = 0; filter && i < sizeof arrs / sizeof arrs[0] && !rc; i++) {
-        snprintf(path, sizeof path, "filter.%s", arrs[i].key);
+        snprintf(path, sizeof path, "%s.%s", prefix, arrs[i].key);
         rc = mp_get_str_arr_p(filter, arrs[i].key, path, arrs[i].dst, e);
         if (*arrs[i].dst && json_array_size(*arrs[i].dst) == 0)
             *arrs[i].dst = NULL; /* empty array = no constraint */
@@ -66,7 +69,7 @@ int mp_filter_compile(json_t *filter, mp_filter **out, mp_err *e)
         if (!v || json_is_null(v))
             continue;
         if (!json_is_object(v)) {
-            snprintf(path, sizeof path, "filter.%s", objs[i].key);
+            snprintf(path, sizeof path, "%s.%s", prefix, objs[i].key);
             rc = mp_err_set(e, MP_INVALID_PARAMS, path, "Parameter %s must be an object", path);
             break;
         }
@@ -77,7 +80,7 @@ int mp_filter_compile(json_t *filter, mp_filter **out, mp_err *e)
         for (size_t i = 0; i < sizeof mk / sizeof mk[0] && !rc; i++) {
             json_t *v = json_object_get(f->mail, mk[i]);
             if (v && !json_is_null(v) && !json_is_string(v)) {
-                snprintf(path, sizeof path, "filter.mail.%s", mk[i]);
+                snprintf(path, sizeof path, "%s.mail.%s", prefix, mk[i]);
                 rc = mp_err_set(e, MP_INVALID_PARAMS, path, "Parameter %s must be a string", path);
             }
         }
@@ -86,16 +89,18 @@ int mp_filter_compile(json_t *filter, mp_filter **out, mp_err *e)
         json_t *m = json_object_get(filter, "match");
         if (m && !json_is_null(m)) {
             const char *ms = json_string_value(m);
-            if (!ms || (strcmp(ms, "all") && strcmp(ms, "any")))
-                rc = mp_err_set(e, MP_INVALID_PARAMS, "filter.match", "Parameter filter.match must be \"all\" or \"any\"");
-            else
+            if (!ms || (strcmp(ms, "all") && strcmp(ms, "any"))) {
+                snprintf(path, sizeof path, "%s.match", prefix);
+                rc = mp_err_set(e, MP_INVALID_PARAMS, path, "Parameter %s must be \"all\" or \"any\"", path);
+            } else {
                 f->match_any = !strcmp(ms, "any");
+            }
         }
     }
     if (!rc && filter)
-        rc = mp__compile_list(filter, "$and", &f->and_list, &f->n_and, e);
+        rc = mp__compile_list(filter, prefix, "$and", &f->and_list, &f->n_and, e);
     if (!rc && filter)
-        rc = mp__compile_list(filter, "$or", &f->or_list, &f->n_or, e);
+        rc = mp__compile_list(filter, prefix, "$or", &f->or_list, &f->n_or, e);
     if (rc) {
         mp_filter_free(f);
         return rc;
@@ -104,13 +109,21 @@ int mp_filter_compile(json_t *filter, mp_filter **out, mp_err *e)
     return 0;
 }
 
-static int mp__compile_list(json_t *filter, const char *key, mp_filter ***out, size_t *n, mp_err *e)
+int mp_filter_compile(json_t *filter, mp_filter **out, mp_err *e)
 {
+    return mp__compile(filter, "filter", out, e);
+}
+
+static int mp__compile_list(json_t *filter, const char *prefix, const char *key, mp_filter ***out, size_t *n,
+                            mp_err *e)
+{
+    char path[128];
     json_t *l = json_object_get(filter, key);
     if (!l || json_is_null(l))
         return 0;
+    snprintf(path, sizeof path, "%s.%s", prefix, key);
     if (!json_is_array(l) || json_array_size(l) > 32)
-        return mp_err_set(e, MP_INVALID_PARAMS, key, "Parameter filter.%s must be an array of at most 32 filters", key);
+        return mp_err_set(e, MP_INVALID_PARAMS, path, "Parameter %s must be an array of at most 32 filters", path);
     *out = calloc(json_array_size(l) + 1, sizeof **out);
     if (!*out)
         return mp_err_set(e, MP_INTERNAL, NULL, "out of memory");
@@ -118,7 +131,9 @@ static int mp__compile_list(json_t *filter, const char *key, mp_filter ***out, s
     json_t *x;
     json_array_foreach(l, i, x)
     {
-        int rc = mp_filter_compile(x, &(*out)[i], e);
+        char sub[160]; /* path (<128) + "[" index "]" */
+        snprintf(sub, sizeof sub, "%s[%zu]", path, i);
+        int rc = mp__compile(x, sub, &(*out)[i], e);
         if (rc)
             return rc;
         (*n)++;
@@ -292,6 +307,8 @@ static int mp__match_fields(const mp_filter *f, const mp_event_view *ev, const m
                 int m = 0;
                 if (mp__is_message_event(ev->type)) {
                     const char *p = json_string_value(json_object_get(mp__path(d, "message", "meta"), "priority"));
+                    if (!p)
+                        p = mp__str(d, "priority", NULL); /* message_sent also carries data.priority (8.5) */
                     m = mp__in(f->priorities, p ? p : "normal");
                 }
                 m;
@@ -340,6 +357,10 @@ int mp_filter_match(const mp_filter *f, const mp_event_view *ev, const mp_filter
 {
     if (!f)
         return 1;
+    mp_event_view v = *ev;
+    if (!v.type)
+        v.type = ""; /* the matchers compare prefixes of the type */
+    ev = &v;
     int present = 0;
     int ok = mp__match_fields(f, ev, env, &present);
     int fields_ok = f->match_any ? (present == 0 || ok > 0) : ok == present;

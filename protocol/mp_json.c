@@ -61,8 +61,10 @@ int mp_get_int(json_t *obj, const char *key, int required, long long *out, mp_er
         return 0;
     }
     if (json_is_real(v)) {
+        /* Accept integral reals ("5.0"). Range-check before the cast: converting an
+         * out-of-range double to long long is undefined behaviour. */
         double d = json_real_value(v);
-        if (d == (double)(long long)d && d > -9.2e18 && d < 9.2e18) {
+        if (d > -9.2e18 && d < 9.2e18 && d == (double)(long long)d) {
             *out = (long long)d;
             return 0;
         }
@@ -76,6 +78,8 @@ int mp_get_int(json_t *obj, const char *key, int required, long long *out, mp_er
 int mp_get_int_range(json_t *obj, const char *key, long long min, long long max, long long *out, mp_err *e)
 {
     long long v = *out;
+    if (!mp__lookup(obj, key))
+        return 0; /* absent: keep the caller's default, even one outside [min,max] */
     int rc = mp_get_int(obj, key, MP_OPTIONAL, &v, e);
     if (rc)
         return rc;

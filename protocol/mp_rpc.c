@@ -18,8 +18,10 @@ int mp_rpc_parse(const char *buf, size_t len, const mp_limits *lim, mp_msg *out,
     if (mp_json_depth(buf, len, lim->max_depth) > lim->max_depth)
         return mp_err_set(e, MP_PARSE_ERROR, NULL, "Parse error: JSON nested deeper than %d levels", lim->max_depth);
 
+    /* JSON_DECODE_ANY: a bare scalar ("42") is valid JSON that is not a request,
+     * so it gets -32600 like an array would, not -32700 (MAP.md 1.2 rule 7). */
     json_error_t je;
-    json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &je);
+    json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
     if (!root)
         return mp_err_set(e, MP_PARSE_ERROR, NULL, "Parse error: %s at offset %d", je.text, je.position);
 
@@ -48,7 +50,8 @@ int mp_rpc_parse(const char *buf, size_t len, const mp_limits *lim, mp_msg *out,
 
     json_t *method = json_object_get(root, "method");
     if (!method) {
-        if (id && (json_object_get(root, "result") || json_object_get(root, "error"))) {
+        /* A response carries exactly one of result / error (MAP.md 1.2). */
+        if (id && (json_object_get(root, "result") != NULL) != (json_object_get(root, "error") != NULL)) {
             out->kind = MP_KIND_RESPONSE;
             out->root = root;
             out->id = id;

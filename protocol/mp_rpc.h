@@ -34,8 +34,10 @@ typedef struct mp_limits {
 /* Parse one message.
  * Returns 0 and fills *out, or an mp_code with *e filled:
  *   MP_PARSE_ERROR      text is not JSON (or nests deeper than max_depth), *id_out = NULL
- *   MP_INVALID_REQUEST  valid JSON but not a JSON-RPC 2.0 request/notification/response;
+ *   MP_INVALID_REQUEST  valid JSON but not a JSON-RPC 2.0 request/notification/response
+ *                       (arrays, scalars, wrong "jsonrpc", bad "id"/"method");
  *                       *id_out is the request id when one could be read (new reference) or NULL.
+ *   MP_INVALID_PARAMS   "params" present but not an object (or null); *id_out as above.
  * On error nothing else needs freeing except *id_out. */
 int mp_rpc_parse(const char *buf, size_t len, const mp_limits *lim, mp_msg *out, json_t **id_out, mp_err *e);
 void mp_msg_free(mp_msg *m);

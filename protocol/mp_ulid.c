@@ -43,6 +43,8 @@ static void mp__increment(mp_ulid_gen *g)
 
 void mp_ulid_next(mp_ulid_gen *g, int64_t now_ms, char out[MP_ULID_LEN + 1])
 {
+    if (now_ms < 0)
+        now_ms = 0; /* the time part is unsigned; a negative clock would encode as ZZZZZZZZZZ */
     if (now_ms > g->last_ms) {
         g->last_ms = now_ms;
         mp__fill_random(g);
@@ -83,16 +85,19 @@ int64_t mp_mono_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+/* Strict: exactly 26 characters of the (uppercase) alphabet this generator emits,
+ * and a first character <= '7' (the time part is 48 bits, 10 chars hold 50). */
 int64_t mp_ulid_time(const char *s)
 {
-    if (!s || strlen(s) < MP_ULID_LEN)
+    if (!s || strlen(s) != MP_ULID_LEN || s[0] > '7')
         return -1;
     int64_t t = 0;
-    for (int i = 0; i < 10; i++) {
+    for (int i = 0; i < MP_ULID_LEN; i++) {
         const char *p = strchr(B32, s[i]);
-        if (!p || !s[i])
+        if (!p)
             return -1;
-        t = (t << 5) | (p - B32);
+        if (i < 10)
+            t = (t << 5) | (p - B32);
     }
     return t;
 }

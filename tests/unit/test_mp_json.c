@@ -1,0 +1,407 @@
+/* test_mp_json.c - parameter getters, id charset, depth scan, compact encoder. */
+#include "test_util.h"
+
+#include <stdio.h>
+
+#include "mp_err.h"
+#include "mp_json.h"
+
+static void expect_err(int rc, const mp_err *e, const char *field, const char *message)
+{
+    assert_int_equal(rc, MP_INVALID_PARAMS);
+    assert_int_equal(e->code, MP_INVALID_PARAMS);
+    assert_string_equal(e->field, field);
+    if (message)
+        assert_string_equal(e->message, message);
+}
+
+/* ---- strings ---------------------------------------------------------------- */
+
+static void get_str(void **state)
+{
+    (void)state;
+    json_t *o = tu_json("{\"s\":\"v\",\"n\":null,\"i\":1,\"e\":\"\"}");
+    mp_err e;
+    const char *s = (const char *)1;
+    assert_int_equal(mp_get_str(o, "s", MP_REQUIRED, &s, &e), 0);
+    assert_string_equal(s, "v");
+    assert_int_equal(mp_get_str(o, "e", MP_REQUIRED, &s, &e), 0);
+    assert_string_equal(s, "");
+    /* absent and null are alike */
+    assert_int_equal(mp_get_str(o, "missing", MP_OPTIONAL, &s, &e), 0);
+    assert_null(s);
+    assert_int_equal(mp_get_str(o, "n", MP_OPTIONAL, &s, &e), 0);
+    assert_null(s);
+    expect_err(mp_get_str(o, "missing", MP_REQUIRED, &s, &e), &e, "missing", "Missing required parameter: missing");
+    assert_null(s);
+    expect_err(mp_get_str(o, "n", MP_REQUIRED, &s, &e), &e, "n", "Missing required parameter: n");
+    expect_err(mp_get_str(o, "i", MP_OPTIONAL, &s, &e), &e, "i", "Parameter i must be a string");
+    assert_null(s);
+    /* explicit path names nested fields */
+    expect_err(mp_get_str_p(o, "i", "filter.i", MP_OPTIONAL, &s, &e), &e, "filter.i", "Parameter filter.i must be a string");
+    expect_err(mp_get_str_p(o, "x", "meta.x", MP_REQUIRED, &s, &e), &e, "meta.x", "Missing required parameter: meta.x");
+    /* a non-object container has no keys */
+    json_t *arr = tu_json("[\"s\"]");
+    assert_int_equal(mp_get_str(arr, "s", MP_OPTIONAL, &s, &e), 0);
+    assert_null(s);
+    assert_int_equal(mp_get_str(NULL, "s", MP_OPTIONAL, &s, &e), 0);
+    expect_err(mp_get_str(NULL, "s", MP_REQUIRED, &s, &e), &e, "s", NULL);
+    json_decref(arr);
+    json_decref(o);
+}
+
+/* ---- ids --------------------------------------------------------------------- */
+
+static int id_ok(const char *value_json)
+{
+    char text[700];
+    snprintf(text, sizeof text, "{\"id\":%s}", value_json);
+    json_t *o = tu_json(text);
+    mp_err e;
+    const char *s = (const char *)1;
+    int rc = mp_get_id(o, "id", MP_REQUIRED, &s, &e);
+    if (rc) {
+        assert_null(s);
+        assert_int_equal(rc, MP_INVALID_PARAMS);
+        assert_string_equal(e.field, "id");
+    } else {
+        assert_non_null(s);
+    }
+    json_decref(o);
+    return rc == 0;
+}
+
+static void id_charset(void **state)
+{
+    (void)state;
+    assert_true(id_ok("\"agent-7\""));
+    assert_true(id_ok("\"a.b_c:d@e~f+g=h-1\""));
+    assert_true(id_ok("\"01M7ZCQXJA7J291RG2K8E4WFPP\""));
+    assert_true(id_ok("\"conv-01M7ZCQXJA7J291RG2K8E4WFPP\""));
+    assert_true(id_ok("\"x\""));
+    assert_true(id_ok("\"\xd0\xb0\xd0\xb3\xd0\xb5\xd0\xbd\xd1\x82\"")); /* UTF-8 "агент" */
+    assert_true(id_ok("\"\\u00e9\""));
+    assert_true(id_ok("\"\xf0\x9f\xa4\x96-bot\""));
+
+    static const char *bad[] = {"\"a/b\"", "\"a#b\"", "\"a*\"", "\"50%\"", "\"a?b\"", "\"a b\"", "\"a\\\"b\"",
+                                "\"a\\\\b\"", "\"a'b\"", "\"a\\tb\"", "\"a\\nb\"", "\"\\u0001\"", "\"\\u007f\"",
+                                "\"\"", "\"a,b\"", "\"a;b\"", "\"<a>\"", "\"a|b\"", "\"{a}\"", "\"a&b\"", "\"a$\""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (id_ok(bad[i]))
+            fail_msg("id %s accepted", bad[i]);
+
+    /* not a string at all: the string getter's message */
+    json_t *o = tu_json("{\"agentId\":5}");
+    mp_err e;
+    const char *s;
+    expect_err(mp_get_id(o, "agentId", MP_OPTIONAL, &s, &e), &e, "agentId", "Parameter agentId must be a string");
+    expect_err(mp_get_id(o, "other", MP_REQUIRED, &s, &e), &e, "other", "Missing required parameter: other");
+    assert_int_equal(mp_get_id(o, "other", MP_OPTIONAL, &s, &e), 0);
+    assert_null(s);
+    json_decref(o);
+
+    o = tu_json("{\"agentId\":\"a/b\"}");
+    expect_err(mp_get_id(o, "agentId", MP_REQUIRED, &s, &e), &e, "agentId",
+               "Parameter agentId is not a valid id (1-256 characters of A-Z a-z 0-9 . _ : @ ~ + = -)");
+    json_decref(o);
+}
+
+static void id_length(void **state)
+{
+    (void)state;
+    char v[300];
+    v[0] = '"';
+    memset(v + 1, 'a', 256);
+    strcpy(v + 257, "\"");
+    assert_true(id_ok(v)); /* 256 bytes: the maximum */
+    memset(v + 1, 'a', 257);
+    strcpy(v + 258, "\"");
+    assert_false(id_ok(v)); /* 257 */
+    /* the limit is in bytes: 128 two-byte characters fit, 129 do not */
+    char u[600] = "\"";
+    for (int i = 0; i < 128; i++)
+        strcat(u, "\xc3\xa9");
+    strcat(u, "\"");
+    assert_true(id_ok(u));
+    u[strlen(u) - 1] = '\0';
+    strcat(u, "\xc3\xa9\"");
+    assert_false(id_ok(u));
+
+    assert_int_equal(mp_id_valid(NULL), 0);
+    assert_int_equal(mp_id_valid(""), 0);
+    assert_int_equal(mp_id_valid("ok"), 1);
+    assert_int_equal(mp_id_valid("bad\x1f"), 0);
+}
+
+/* ---- integers ---------------------------------------------------------------- */
+
+static void get_int(void **state)
+{
+    (void)state;
+    json_t *o = tu_json("{\"i\":42,\"neg\":-7,\"big\":9223372036854775807,\"r\":5.0,\"half\":5.5,\"huge\":1e300,"
+                        "\"nhuge\":-1e300,\"s\":\"5\",\"b\":true,\"n\":null,\"ts\":1795276113889}");
+    mp_err e;
+    long long v = 99;
+    assert_int_equal(mp_get_int(o, "i", MP_REQUIRED, &v, &e), 0);
+    assert_int_equal(v, 42);
+    assert_int_equal(mp_get_int(o, "neg", MP_REQUIRED, &v, &e), 0);
+    assert_int_equal(v, -7);
+    assert_int_equal(mp_get_int(o, "big", MP_REQUIRED, &v, &e), 0);
+    assert_true(v == 9223372036854775807LL);
+    assert_int_equal(mp_get_int(o, "ts", MP_REQUIRED, &v, &e), 0);
+    assert_true(v == 1795276113889LL);
+    assert_int_equal(mp_get_int(o, "r", MP_REQUIRED, &v, &e), 0); /* integral real */
+    assert_int_equal(v, 5);
+    v = 99;
+    assert_int_equal(mp_get_int(o, "missing", MP_OPTIONAL, &v, &e), 0);
+    assert_int_equal(v, 99); /* untouched when absent */
+    assert_int_equal(mp_get_int(o, "n", MP_OPTIONAL, &v, &e), 0);
+    assert_int_equal(v, 99);
+    expect_err(mp_get_int(o, "missing", MP_REQUIRED, &v, &e), &e, "missing", "Missing required parameter: missing");
+    expect_err(mp_get_int(o, "half", MP_REQUIRED, &v, &e), &e, "half", "Parameter half must be an integer");
+    expect_err(mp_get_int(o, "huge", MP_REQUIRED, &v, &e), &e, "huge", NULL); /* no UB cast */
+    expect_err(mp_get_int(o, "nhuge", MP_REQUIRED, &v, &e), &e, "nhuge", NULL);
+    expect_err(mp_get_int(o, "s", MP_REQUIRED, &v, &e), &e, "s", NULL);
+    expect_err(mp_get_int(o, "b", MP_REQUIRED, &v, &e), &e, "b", NULL);
+    assert_int_equal(v, 99);
+    json_decref(o);
+}
+
+static void get_int_range(void **state)
+{
+    (void)state;
+    json_t *o = tu_json("{\"limit\":50,\"lo\":1,\"hi\":1000,\"zero\":0,\"over\":1001,\"s\":\"x\",\"n\":null}");
+    mp_err e;
+    long long v = 100;
+    assert_int_equal(mp_get_int_range(o, "limit", 1, 1000, &v, &e), 0);
+    assert_int_equal(v, 50);
+    assert_int_equal(mp_get_int_range(o, "lo", 1, 1000, &v, &e), 0);
+    assert_int_equal(v, 1);
+    assert_int_equal(mp_get_int_range(o, "hi", 1, 1000, &v, &e), 0);
+    assert_int_equal(v, 1000);
+    v = 100;
+    expect_err(mp_get_int_range(o, "zero", 1, 1000, &v, &e), &e, "zero", "Parameter zero must be between 1 and 1000");
+    assert_int_equal(v, 100);
+    expect_err(mp_get_int_range(o, "over", 1, 1000, &v, &e), &e, "over", "Parameter over must be between 1 and 1000");
+    assert_int_equal(v, 100);
+    expect_err(mp_get_int_range(o, "s", 1, 1000, &v, &e), &e, "s", "Parameter s must be an integer");
+    /* absent / null keep the caller's default, even a sentinel outside the range */
+    v = 100;
+    assert_int_equal(mp_get_int_range(o, "missing", 1, 1000, &v, &e), 0);
+    assert_int_equal(v, 100);
+    v = -1;
+    assert_int_equal(mp_get_int_range(o, "missing", 1, 1000, &v, &e), 0);
+    assert_int_equal(v, -1);
+    assert_int_equal(mp_get_int_range(o, "n", 1, 1000, &v, &e), 0);
+    assert_int_equal(v, -1);
+    json_decref(o);
+}
+
+/* ---- bool / obj / arr --------------------------------------------------------- */
+
+static void get_bool(void **state)
+{
+    (void)state;
+    json_t *o = tu_json("{\"t\":true,\"f\":false,\"n\":null,\"s\":\"true\",\"i\":1}");
+    mp_err e;
+    int b = 7;
+    assert_int_equal(mp_get_bool(o, "t", &b, &e), 0);
+    assert_int_equal(b, 1);
+    assert_int_equal(mp_get_bool(o, "f", &b, &e), 0);
+    assert_int_equal(b, 0);
+    b = 7;
+    assert_int_equal(mp_get_bool(o, "missing", &b, &e), 0);
+    assert_int_equal(b, 7);
+    assert_int_equal(mp_get_bool(o, "n", &b, &e), 0);
+    assert_int_equal(b, 7);
+    expect_err(mp_get_bool(o, "s", &b, &e), &e, "s", "Parameter s must be a boolean");
+    expect_err(mp_get_bool(o, "i", &b, &e), &e, "i", "Parameter i must be a boolean");
+    assert_int_equal(b, 7);
+    json_decref(o);
+}
+
+static void get_obj_arr(void **state)
+{
+    (void)state;
+    json_t *o = tu_json("{\"o\":{\"k\":1},\"a\":[1,\"x\"],\"n\":null,\"s\":\"x\"}");
+    mp_err e;
+    json_t *v = (json_t *)1;
+    assert_int_equal(mp_get_obj(o, "o", MP_REQUIRED, &v, &e), 0);
+    assert_ptr_equal(v, json_object_get(o, "o"));
+    assert_int_equal(mp_get_obj(o, "n", MP_OPTIONAL, &v, &e), 0);
+    assert_null(v);
+    expect_err(mp_get_obj(o, "n", MP_REQUIRED, &v, &e), &e, "n", "Missing required parameter: n");
+    expect_err(mp_get_obj(o, "a", MP_OPTIONAL, &v, &e), &e, "a", "Parameter a must be an object");
+    assert_null(v);
+    expect_err(mp_get_obj(o, "s", MP_OPTIONAL, &v, &e), &e, "s", "Parameter s must be an object");
+
+    assert_int_equal(mp_get_arr(o, "a", MP_REQUIRED, &v, &e), 0);
+    assert_ptr_equal(v, json_object_get(o, "a"));
+    assert_int_equal(mp_get_arr(o, "missing", MP_OPTIONAL, &v, &e), 0);
+    assert_null(v);
+    expect_err(mp_get_arr(o, "missing", MP_REQUIRED, &v, &e), &e, "missing", "Missing required parameter: missing");
+    expect_err(mp_get_arr(o, "o", MP_OPTIONAL, &v, &e), &e, "o", "Parameter o must be an array");
+    json_decref(o);
+}
+
+static void get_str_arr(void **state)
+{
+    (void)state;
+    json_t *o = tu_json("{\"ok\":[\"a\",\"b\"],\"empty\":[],\"mixed\":[\"a\",1],\"nul\":[null],\"s\":\"a\",\"n\":null}");
+    mp_err e;
+    json_t *v = (json_t *)1;
+    assert_int_equal(mp_get_str_arr(o, "ok", MP_REQUIRED, &v, &e), 0);
+    assert_int_equal(json_array_size(v), 2);
+    assert_int_equal(mp_get_str_arr(o, "empty", MP_REQUIRED, &v, &e), 0);
+    assert_non_null(v);
+    assert_int_equal(json_array_size(v), 0);
+    assert_int_equal(mp_get_str_arr(o, "missing", MP_OPTIONAL, &v, &e), 0);
+    assert_null(v);
+    assert_int_equal(mp_get_str_arr(o, "n", MP_OPTIONAL, &v, &e), 0);
+    assert_null(v);
+    expect_err(mp_get_str_arr(o, "missing", MP_REQUIRED, &v, &e), &e, "missing", "Missing required parameter: missing");
+    expect_err(mp_get_str_arr(o, "mixed", MP_OPTIONAL, &v, &e), &e, "mixed", "Parameter mixed must be an array of strings");
+    assert_null(v);
+    expect_err(mp_get_str_arr(o, "nul", MP_OPTIONAL, &v, &e), &e, "nul", NULL);
+    expect_err(mp_get_str_arr(o, "s", MP_OPTIONAL, &v, &e), &e, "s", "Parameter s must be an array of strings");
+    expect_err(mp_get_str_arr_p(o, "mixed", "filter.scopes", &v, &e), &e, "filter.scopes",
+               "Parameter filter.scopes must be an array of strings");
+    assert_int_equal(mp_get_str_arr_p(o, "ok", "filter.ok", &v, &e), 0);
+    assert_int_equal(json_array_size(v), 2);
+    json_decref(o);
+}
+
+/* ---- depth scanner ------------------------------------------------------------ */
+
+static int depth(const char *s, int max)
+{
+    return mp_json_depth(s, strlen(s), max);
+}
+
+static void depth_scan(void **state)
+{
+    (void)state;
+    assert_int_equal(depth("", 10), 0);
+    assert_int_equal(depth("1", 10), 0);
+    assert_int_equal(depth("\"[[[\"", 10), 0);
+    assert_int_equal(depth("{}", 10), 1);
+    assert_int_equal(depth("[[]]", 10), 2);
+    assert_int_equal(depth("[[],[[]],[]]", 10), 3);
+    assert_int_equal(depth("{\"a\":[{\"b\":[1]}],\"c\":{}}", 10), 4);
+    /* brackets inside strings do not count */
+    assert_int_equal(depth("{\"a\":\"[[[{{{\"}", 10), 1);
+    assert_int_equal(depth("{\"[{\":\"}]\"}", 10), 1);
+    /* escaped quotes do not end the string */
+    assert_int_equal(depth("{\"a\":\"x\\\"[[[[\"}", 10), 1);
+    assert_int_equal(depth("{\"a\":\"\\\\\\\"[[\"}", 10), 1);
+    /* an escaped backslash does: the bracket after it is real */
+    assert_int_equal(depth("[\"\\\\\",[[1]]]", 10), 3);
+    /* early stop at max + 1 */
+    assert_int_equal(depth("[[[[[[[[[[", 3), 4);
+    assert_int_equal(depth("[[[", 3), 3);
+    /* stray closers never go negative */
+    assert_int_equal(depth("]]]}}}[", 10), 1);
+    /* only len bytes are scanned */
+    assert_int_equal(mp_json_depth("[[[[", 2, 10), 2);
+    /* an unterminated string swallows the rest */
+    assert_int_equal(depth("[\"[[[[", 10), 1);
+    /* trailing backslash at the end of the buffer */
+    assert_int_equal(mp_json_depth("[\"\\", 3, 10), 1);
+}
+
+/* ---- encoder ------------------------------------------------------------------ */
+
+static void dump_headroom_and_nul(void **state)
+{
+    (void)state;
+    json_t *j = tu_json("{\"ts\":1795276113889,\"r\":1.5,\"s\":\"\xc3\xa9\",\"a\":[true,null]}");
+    const char *want = "{\"ts\":1795276113889,\"r\":1.5,\"s\":\"\xc3\xa9\",\"a\":[true,null]}";
+    size_t len = 12345;
+    char *p = mp_dump(j, 16, &len);
+    assert_non_null(p);
+    assert_int_equal(len, strlen(want));
+    assert_memory_equal(p + 16, want, len);
+    assert_int_equal(p[16 + len], '\0');
+    memset(p, 0xAB, 16); /* the headroom is ours to write (ASan checks the bounds) */
+    free(p);
+
+    p = mp_dump(j, 0, &len);
+    assert_non_null(p);
+    assert_string_equal(p, want);
+    free(p);
+    json_decref(j);
+
+    /* scalars encode too (JSON_ENCODE_ANY) */
+    j = json_string("x");
+    p = mp_dump(j, 4, &len);
+    assert_int_equal(len, 3);
+    assert_string_equal(p + 4, "\"x\"");
+    free(p);
+    json_decref(j);
+
+    /* bigger than the first block: the buffer grows and stays exact */
+    j = json_array();
+    for (int i = 0; i < 3000; i++)
+        json_array_append_new(j, json_integer(i));
+    char *ref = json_dumps(j, JSON_COMPACT);
+    p = mp_dump(j, 10, &len);
+    assert_non_null(p);
+    assert_int_equal(len, strlen(ref));
+    assert_string_equal(p + 10, ref);
+    free(p);
+    tu_free(ref); /* json_dumps allocates through the jansson allocator */
+    json_decref(j);
+}
+
+static void dump_one_huge_chunk(void **state)
+{
+    (void)state;
+    /* one string far larger than twice the first block: the growth loop doubles repeatedly */
+    char *big = malloc(5001);
+    assert_non_null(big);
+    memset(big, 'z', 5000);
+    big[5000] = '\0';
+    json_t *j = json_string(big);
+    size_t len = 0;
+    char *p = mp_dump(j, 32, &len);
+    assert_non_null(p);
+    assert_int_equal(len, 5002);
+    assert_int_equal(p[32], '"');
+    assert_memory_equal(p + 33, big, 5000);
+    assert_int_equal(p[32 + 5001], '"');
+    assert_int_equal(p[32 + 5002], '\0');
+    free(p);
+    free(big);
+    json_decref(j);
+}
+
+static void set_opt_copy_key(void **state)
+{
+    (void)state;
+    json_t *o = json_object();
+    mp_set_opt(o, "a", NULL);
+    assert_int_equal(json_object_size(o), 0);
+    mp_set_opt(o, "a", json_integer(1));
+    tu_assert_dump(o, "{\"a\":1}");
+
+    json_t *src = tu_json("{\"x\":{\"k\":1},\"n\":null}");
+    mp_copy_key(o, src, "x");
+    mp_copy_key(o, src, "n");
+    mp_copy_key(o, src, "missing");
+    tu_assert_dump(o, "{\"a\":1,\"x\":{\"k\":1}}");
+    assert_ptr_equal(json_object_get(o, "x"), json_object_get(src, "x")); /* shared, not copied */
+    json_decref(src);
+    tu_assert_dump_new(o, "{\"a\":1,\"x\":{\"k\":1}}");
+}
+
+int main(void)
+{
+    tu_init();
+    const struct CMUnitTest tests[] = {
+        T(get_str),          T(id_charset), T(id_length),  T(get_int),
+        T(get_int_range),    T(get_bool),   T(get_obj_arr), T(get_str_arr),
+        T(depth_scan),       T(dump_headroom_and_nul),     T(dump_one_huge_chunk),
+        T(set_opt_copy_key),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
