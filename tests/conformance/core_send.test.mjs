@@ -192,8 +192,11 @@ btest('payload and meta are delivered unchanged (incl. unknown meta keys, null, 
 
 btest('ClientConnection.request() round trip with an agent that reply()s', async (ctx) => {
   const w = await world(ctx);
-  w.agents.k2.onMessage(async (m) => {
-    if (m.payload && m.payload.ping !== undefined) await w.agents.k2.reply(m, { pong: m.payload.ping });
+  // Do not await reply() inside the handler: the SDK processes incoming frames
+  // one at a time and awaits each handler, so awaiting a request there would
+  // block the agent's own receive loop (SDK behaviour, not a broker issue).
+  w.agents.k2.onMessage((m) => {
+    if (m.payload && m.payload.ping !== undefined) void w.agents.k2.reply(m, { pong: m.payload.ping });
   });
   const reply = await w.C.request({ agent: 'k2' }, { ping: 41 }, { timeout: 4000 });
   assert.deepEqual(reply.payload, { pong: 41 });
