@@ -164,6 +164,8 @@ static int h_connect(mb_ctx *cx)
     /* Resume a session by token: its agents and subscriptions come back. */
     if (token) {
         mb_session *old = mb_map_get(b->resume_tokens, token);
+        if (old == s && s->state == MB_READY) /* ClientConnection#reconnect on the same socket */
+            return mb__finish_connect(cx, 1, NULL);
         if (old && old != s && old->state == MB_READY && mb_auth_same_principal(old, s)) {
             mb_session *fresh = s;
             s = cx->s = mb_session_resume(fresh, old);
@@ -329,7 +331,7 @@ static int h_session_close(mb_ctx *cx)
 
 const mb_method mb_methods_conn[] = {
     {"map/connect", h_connect, MB_M_PRECONNECT},
-    {"map/disconnect", h_disconnect, MB_M_PRECONNECT},
+    {"map/disconnect", h_disconnect, MB_M_PREAUTH},
     {"map/authenticate", h_authenticate, MB_M_PREAUTH},
     {"map/auth/refresh", h_auth_refresh, 0},
     {"map/session/list", h_session_list, 0},

@@ -372,6 +372,8 @@ void mb_mail_free(mb_broker *b);
 void mb_mail_intercept(mb_broker *b, mb_session *s, const char *message_id, json_t *params);
 /* An agent was spawned by `parent` (may be NULL): give it a task conversation if the parent has one. */
 void mb_mail_on_spawn(mb_broker *b, mb_session *s, mb_agent *child, mb_agent *parent);
+/* Task conversation a map/send without meta.mail should be recorded in, or NULL. */
+const char *mb_mail_task_context(mb_broker *b, mb_session *s, json_t *to);
 /* An agent stopped or unregistered: close its task conversation with a summary. */
 void mb_mail_on_agent_stop(mb_broker *b, mb_agent *a, const char *reason);
 

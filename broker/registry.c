@@ -355,10 +355,16 @@ static int mb__find_agent(mb_ctx *cx, const char *field, mb_agent **out)
     return 0;
 }
 
-/* The caller may act for this agent: it owns it, or it is an operator. */
-static int mb__may_control(mb_ctx *cx, mb_agent *a)
+/* The caller may act for this agent: it owns it (or owns its parent), or it is
+ * an operator. `operator_ctl` marks operator controls (stop, suspend, resume),
+ * which anyone may use in open development mode; acting *as* the agent
+ * (unregister, update, scope membership) always needs ownership unless an
+ * authenticated operator does it. */
+static int mb__may_act(mb_ctx *cx, mb_agent *a, int operator_ctl)
 {
-    if (a->session == cx->s || mb_auth_is_operator(cx->s) || (a->owner && !strcmp(a->owner, cx->s->participant_id)))
+    if (a->session == cx->s || (a->owner && !strcmp(a->owner, cx->s->participant_id)))
+        return 0;
+    if (operator_ctl ? mb_auth_is_operator(cx->s) : (cx->b->auth && mb_auth_is_operator(cx->s)))
         return 0;
     /* a parent agent's owner may control its children */
     mb_agent *p = mb_agent_get(cx->b, a->parent);
@@ -366,6 +372,9 @@ static int mb__may_control(mb_ctx *cx, mb_agent *a)
         return 0;
     return MB_FAIL(cx, MP_PERMISSION_DENIED, "agentId", "Agent %s is not owned by this connection", a->id);
 }
+
+static int mb__may_control(mb_ctx *cx, mb_agent *a) { return mb__may_act(cx, a, 0); }
+static int mb__may_operate(mb_ctx *cx, mb_agent *a) { return mb__may_act(cx, a, 1); }
 
 static const char *const mb__agent_copy_keys[] = {"name", "description", "visibility", "capabilities", "environment",
                                                   "capabilityDescriptor", "persistentIdentity", "metadata",
@@ -792,7 +801,7 @@ static int h_stop(mb_ctx *cx)
     const char *reason = NULL;
     int force = 0;
     if (mb__find_agent(cx, "agentId", &a) || mp_get_str(cx->params, "reason", 0, &reason, &cx->err) ||
-        mp_get_bool(cx->params, "force", &force, &cx->err) || mb__may_control(cx, a))
+        mp_get_bool(cx->params, "force", &force, &cx->err) || mb__may_operate(cx, a))
         return cx->err.code;
     if (!strcmp(a->state, "stopped"))
         return MB_FAIL(cx, MP_TERMINATED, "agentId", "Agent %s is already stopped", a->id);
@@ -810,7 +819,7 @@ static int h_suspend(mb_ctx *cx)
     mb_agent *a;
     const char *reason = NULL;
     if (mb__find_agent(cx, "agentId", &a) || mp_get_str(cx->params, "reason", 0, &reason, &cx->err) ||
-        mb__may_control(cx, a))
+        mb__may_operate(cx, a))
         return cx->err.code;
     if (!strcmp(a->state, "stopped"))
         return MB_FAIL(cx, MP_TERMINATED, "agentId", "Agent %s is stopped", a->id);
@@ -825,7 +834,7 @@ static int h_suspend(mb_ctx *cx)
 static int h_resume(mb_ctx *cx)
 {
     mb_agent *a;
-    if (mb__find_agent(cx, "agentId", &a) || mb__may_control(cx, a))
+    if (mb__find_agent(cx, "agentId", &a) || mb__may_operate(cx, a))
         return cx->err.code;
     if (strcmp(a->state, "suspended"))
         return MB_FAIL(cx, MP_STATE_INVALID, "agentId", "Agent %s is not suspended (state %s)", a->id, a->state);

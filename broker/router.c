@@ -221,6 +221,17 @@ int mb_send_message(mb_ctx *cx, json_t *to, json_t *payload, json_t *meta, char 
         mb_map_free(rs.seen, NULL);
         return cx->err.code;
     }
+    /* Messages to/from an agent working on a task carry its task conversation
+     * (unless the sender named one), so the exchange is recorded as turns. */
+    json_t *own_meta = NULL;
+    if (!federated && !json_object_get(meta, "mail")) {
+        const char *task = mb_mail_task_context(b, s, to);
+        if (task) {
+            own_meta = meta ? json_deep_copy(meta) : json_object();
+            json_object_set_new(own_meta, "mail", json_pack("{s:s}", "conversationId", task));
+            meta = own_meta;
+        }
+    }
     char mid[64];
     mb_new_id(b, NULL, mid, sizeof mid);
     if (msg_id_out)
@@ -299,13 +310,17 @@ int mb_send_message(mb_ctx *cx, json_t *to, json_t *payload, json_t *meta, char 
             rc = MB_FAIL(cx, MP_DELIVERY_FAILED, "to", "Delivery failed: no addressed recipient is reachable");
     }
     /* mail interception: recorded even if delivery failed; never fails the send */
-    if (json_is_object(json_object_get(meta, "mail")))
-        mb_mail_intercept(b, s, mid, cx->params);
+    if (json_is_object(json_object_get(meta, "mail"))) {
+        json_t *ip = json_pack("{s:O*, s:O}", "payload", payload, "meta", meta);
+        mb_mail_intercept(b, s, mid, ip);
+        json_decref(ip);
+    }
     if (!rc)
         cx->result = json_pack("{s:s, s:o}", "messageId", mid, "delivered", delivered);
     else
         json_decref(delivered);
     json_decref(msg);
+    json_decref(own_meta);
     free(rs.v);
     mb_map_free(rs.seen, NULL);
     return rc;

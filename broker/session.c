@@ -387,6 +387,8 @@ mb_session *mb_session_resume(mb_session *fresh, mb_session *old)
     }
     old->wsi = fresh->wsi;
     old->detached = 0;
+    old->close_after_flush = 0; /* a map/disconnect before the drop does not carry over */
+    old->final_close = 0;
     old->detached_at = 0;
     old->tls = fresh->tls;
     snprintf(old->peer, sizeof old->peer, "%s", fresh->peer);
