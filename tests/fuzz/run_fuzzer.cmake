@@ -8,6 +8,10 @@ foreach(v FUZZER CORPUS WORK SECONDS)
   endif()
 endforeach()
 
+if(DEFINED ENV{MB_FUZZ_SECONDS} AND "$ENV{MB_FUZZ_SECONDS}" MATCHES "^[0-9]+$")
+  set(SECONDS $ENV{MB_FUZZ_SECONDS})
+endif()
+
 file(REMOVE_RECURSE ${WORK})
 file(MAKE_DIRECTORY ${WORK} ${WORK}-artifacts)
 file(COPY ${CORPUS}/ DESTINATION ${WORK})
