@@ -161,6 +161,7 @@ struct mb_agent {
     mb_map *children;     /* child id -> mb_agent* */
     char *conversation;   /* mail: conversation this agent works in (task conversation), or NULL */
     char *principal;      /* principal id that registered it (auth), or NULL */
+    int unclaimed;        /* spawned record whose own process has not registered it yet */
     int64_t expires_at;   /* orphaned after a restart: removed at this time unless reclaimed (0 = never) */
 };
 

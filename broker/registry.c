@@ -464,7 +464,8 @@ static int mb__create_agent(mb_ctx *cx, int spawn, mb_agent **out)
             mb_agent_doc(a);
             return 0;
         }
-        int free_to_take = !a->session || a->session->detached;
+        /* a spawned record is claimed by the process that registers its id (MAP.md 6.4) */
+        int free_to_take = !a->session || a->session->detached || (a->unclaimed && !spawn);
         int same_principal = !b->auth || !a->principal || (s->authenticated && !strcmp(a->principal, s->principal.id));
         if (!free_to_take || !same_principal || spawn)
             return MB_FAIL(cx, MP_AGENT_EXISTS, "agentId", "Agent already exists: %s", id);
@@ -487,6 +488,7 @@ static int mb__create_agent(mb_ctx *cx, int spawn, mb_agent **out)
     if (parent)
         mb__set_str(&a->parent, parent);
     mb__apply_agent_params(a, cx->params);
+    a->unclaimed = spawn;
     mb__set_str(&a->owner, s->participant_id);
     mb__set_str(&a->principal, s->authenticated ? s->principal.id : NULL);
     a->session = s;
