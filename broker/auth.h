@@ -3,8 +3,11 @@
  * Modes:
  *  - no --tokens: anonymous development mode; by default only loopback peers
  *    are served (--anonymous loopback), announced in the log at start-up.
- *  - --tokens FILE: every peer must present a valid credential (api-key in the
- *    file) before anything but map/connect / map/authenticate is served.
+ *  - --tokens FILE and/or --jwt-secret / --jwt-public-key / --token-secret:
+ *    every peer must present a valid credential (API key from the file, a JWT,
+ *    or a broker-minted token) before anything but map/connect /
+ *    map/authenticate is served. The tokens file format and the JWT claim
+ *    mapping are documented at the top of auth.c.
  */
 #ifndef MB_AUTH_H
 #define MB_AUTH_H
@@ -44,5 +47,12 @@ int mb_auth_may_conversation(const mb_session *s, const char *conv_id);
 /* Is the session an operator (or is the broker in open development mode)? */
 int mb_auth_is_operator(const mb_session *s);
 int mb_auth_event_visible(mb_broker *b, mb_session *s, const mb_event *ev);
+
+/* Called from mb_broker_housekeeping (every 250 ms): map/auth/expiring notices,
+ * closing peers that did not finish the handshake in --handshake-timeout. */
+void mb_auth_housekeeping(mb_broker *b);
+
+/* x-mapbroker/token/create and x-mapbroker/token/revoke (operator only). */
+extern const mb_method mb_methods_auth[];
 
 #endif

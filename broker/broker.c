@@ -108,6 +108,7 @@ void mb_broker_housekeeping(mb_broker *b)
         }
         e = next;
     }
+    mb_auth_housekeeping(b); /* auth.c: expiry notices, handshake timeout */
     /* agents reloaded after a restart and never reclaimed */
     e = mb_map_first(b->agents);
     while (e) {

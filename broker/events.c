@@ -11,6 +11,7 @@
 
 #include "auth.h"
 #include "mb.h"
+#include "observe.h"
 
 /* ---- registry-backed filter environment ---- */
 
@@ -233,7 +234,9 @@ mb_event *mb_emit(mb_broker *b, const char *type, const char *source, json_t *da
         b->hist_len++;
     }
 
-    /* fan-out */
+    /* fan-out: plain observers, then MAP subscriptions */
+    if (ev->conv_id)
+        mb_observe_on_event(b, ev);
     MB_MAP_FOREACH(b->sub_index, e)
     {
         mb_sub *sub = mb_map_val(e);

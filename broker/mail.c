@@ -564,6 +564,7 @@ struct mb__tl {
     int more;
     size_t counted;              /* with count_all: matches beyond the page */
     int count_all;
+    int with_seq;               /* add "seq" to each turn (REST API) */
     int error;
 };
 
@@ -601,6 +602,8 @@ static int mb__tl_cb(void *arg, const struct mst_turn *t)
         l->counted++;
         return !l->count_all;
     }
+    if (l->with_seq)
+        json_object_set_new(doc, "seq", json_integer((json_int_t)t->seq));
     json_array_append_new(l->out, doc);
     l->counted++;
     return 0;
@@ -944,7 +947,7 @@ static int h_close(mb_ctx *cx)
         mp_get_str(cx->params, "summary", 0, &summary, &cx->err))
         return cx->err.code;
     const char *me = mb_session_from(cx->s);
-    if (!mb__part_active(c, me) && !(cx->b->auth && mb_auth_is_operator(cx->s)))
+    if (!mb__part_active(c, me) && !(cx->s->authenticated && cx->s->principal.operator_))
         return MB_FAIL(cx, MP_MAIL_NOT_PARTICIPANT, "conversationId", "Not a participant of conversation %s", c->id);
     if (!mb_conv_active(c))
         return MB_FAIL(cx, MP_MAIL_CONV_CLOSED, "conversationId", "Conversation %s is already closed", c->id);
@@ -1401,7 +1404,6 @@ static void mb__tree(mb_conv *c, json_t *out, int depth)
     json_array_append_new(out, node);
 }
 
-json_t *mb_mail_tree_json(mb_broker *b, const char *conv_id);
 json_t *mb_mail_tree_json(mb_broker *b, const char *conv_id)
 {
     mb_conv *c = mb_conv_get(b, conv_id);
@@ -1421,6 +1423,22 @@ static int h_tree(mb_ctx *cx)
         return cx->err.code;
     cx->result = json_pack("{s:o}", "tree", mb_mail_tree_json(cx->b, c->id));
     return 0;
+}
+
+json_t *mb_mail_turn_page(mb_broker *b, mb_session *s, mb_conv *c, uint64_t after_seq, size_t limit, int desc,
+                          int *more)
+{
+    int64_t nb;
+    struct mb__tl l = {.c = c, .reader = mb__reader(s, c, &nb), .limit = limit, .out = json_array(), .with_seq = 1};
+    l.not_before = nb;
+    struct mst_turn_query q = {.conv_id = c->id, .desc = desc};
+    if (desc)
+        q.before_seq = after_seq; /* for descending pages the cursor is an upper bound */
+    else
+        q.after_seq = after_seq;
+    mst_turn_scan(b->store, &q, mb__tl_cb, &l);
+    *more = l.more;
+    return l.out;
 }
 
 /* ---- hooks from the core ---- */

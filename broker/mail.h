@@ -47,4 +47,10 @@ int mb_mail_may_read(mb_session *s, mb_conv *c);
 /* Scan turns of c in seq order starting after after_seq; cb gets the Turn JSON text. */
 int mb_mail_scan_turns(mb_broker *b, mb_conv *c, uint64_t after_seq, size_t limit, mst_turn_cb cb, void *arg);
 
+/* One page of turns for the REST API, each with its "seq"; visibility and
+ * history rules of the reader apply. after_seq: exclusive cursor (upper bound when desc). */
+json_t *mb_mail_turn_page(mb_broker *b, mb_session *s, mb_conv *c, uint64_t after_seq, size_t limit, int desc,
+                          int *more);
+json_t *mb_mail_tree_json(mb_broker *b, const char *conv_id);
+
 #endif

@@ -57,6 +57,13 @@ static const struct cdef defs[] = {
     I("tls-port", tls_port, "7443", 1, 65535, "wss:// port when --tls-cert is given"),
     S("tokens", tokens, "", "API-key file; when given, every peer must authenticate"),
     S("anonymous", anonymous, "loopback", "anonymous access without --tokens: loopback | any | none"),
+    S("jwt-secret", jwt_secret, "", "file holding an HS256 secret (>= 32 bytes): accept bearer JWTs signed with it"),
+    S("jwt-public-key", jwt_public_key, "", "PEM public key: accept bearer JWTs signed RS256 (RSA key) or ES256 (EC P-256 key)"),
+    S("jwt-issuer", jwt_issuer, "", "required JWT iss (empty = not checked)"),
+    S("jwt-audience", jwt_audience, "", "required JWT aud (empty = not checked)"),
+    S("token-secret", token_secret, "", "HMAC secret file for broker-minted tokens (x-mapbroker/token/create); created 0600 if missing; empty = random per run"),
+    I("max-string", max_string, "65536", 64, 256LL << 20, "longest string accepted in request params outside message payloads (bytes)"),
+    I("handshake-timeout", handshake_timeout, "10", 1, 3600, "seconds a peer has to send its HTTP upgrade and to finish map/connect + authentication"),
     S("config", config_file, "", "read settings from FILE (lines: name = value; # comments)"),
 };
 #define NDEFS (sizeof defs / sizeof defs[0])

@@ -36,6 +36,13 @@ typedef struct mb_config {
     long long tls_port;
     char *tokens;
     char *anonymous;
+    char *jwt_secret;
+    char *jwt_public_key;
+    char *jwt_issuer;
+    char *jwt_audience;
+    char *token_secret;
+    long long max_string;
+    long long handshake_timeout;
     char *config_file;
 } mb_config;
 

@@ -121,13 +121,11 @@ static int mb__callback(struct lws *wsi, enum lws_callback_reasons reason, void 
         pss->counted = 1;
         char uri[256] = "";
         lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI);
-        if (mb_http_ws_path(uri)) {
-            pss->s = NULL;
-            return mb_http_on_request(b, wsi, pss, uri);
-        }
         pss->s = mb_session_new(b, wsi, ip, mb__is_tls(wsi));
         if (!pss->s)
             return -1;
+        if (mb_http_ws_path(uri))
+            return mb_http_ws_observe(b, wsi, pss);
         mb_debug(pss->s->session_id, "websocket open from %s%s", ip, pss->s->tls ? " (tls)" : "");
         return 0;
     }
@@ -167,11 +165,18 @@ static int mb__callback(struct lws *wsi, enum lws_callback_reasons reason, void 
     case LWS_CALLBACK_HTTP_BODY_COMPLETION:
         return mb_http_on_body_done(b, wsi, pss);
     case LWS_CALLBACK_HTTP_WRITEABLE:
+        if (pss->s) /* an SSE stream: a session like any other */
+            return mb_session_on_writeable(pss->s);
         return mb_http_on_writeable(b, wsi, pss);
     case LWS_CALLBACK_CLOSED_HTTP:
     case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
         if (pss && pss->h)
             mb_http_on_close(b, wsi, pss);
+        if (pss && pss->s) {
+            mb_session *s = pss->s;
+            pss->s = NULL;
+            mb_session_on_close(s);
+        }
         return 0;
     case LWS_CALLBACK_OPENSSL_PERFORM_CLIENT_CERT_VERIFICATION: {
         /* mTLS: fail the handshake on any verification error (Mosquitto's fix) */
@@ -219,6 +224,8 @@ int mb_net_start(mb_broker *b, char *errbuf, size_t errlen)
     if (*b->cfg->tls_cert)
         info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
     info.pt_serv_buf_size = 65536;
+    info.timeout_secs = (unsigned int)b->cfg->handshake_timeout; /* see the vhost below */
+    info.timeout_secs_ah_idle = (unsigned int)b->cfg->handshake_timeout;
     info.count_threads = 1;
     info.fd_limit_per_thread = (unsigned int)(b->cfg->max_connections + 64);
     b->ctx = lws_create_context(&info);
@@ -238,7 +245,14 @@ int mb_net_start(mb_broker *b, char *errbuf, size_t errlen)
     v.vhost_name = "map";
     v.options = LWS_SERVER_OPTION_VALIDATE_UTF8 | LWS_SERVER_OPTION_HTTP_HEADERS_SECURITY_BEST_PRACTICES_ENFORCE;
     v.retry_and_idle_policy = b->cfg->ping_interval > 0 ? &retry : NULL;
-    v.timeout_secs = 30;
+    /* Half-open and slowloris peers: lws closes a connection whose HTTP
+     * upgrade (or TLS handshake) is not complete within timeout_secs, and
+     * one that holds a header table idle for timeout_secs_ah_idle. After the
+     * upgrade, mb_auth_housekeeping closes peers that do not finish
+     * map/connect (+ auth) in the same time, and the ping policy above hangs
+     * up on peers that stop answering pings. */
+    v.timeout_secs = (unsigned int)b->cfg->handshake_timeout;
+    v.timeout_secs_ah_idle = (unsigned int)b->cfg->handshake_timeout;
     if (!lws_create_vhost(b->ctx, &v)) {
         snprintf(errbuf, errlen, "cannot listen on %s:%lld (in use, or not an address of this host?)", b->cfg->host,
                  b->cfg->port);

@@ -31,5 +31,7 @@ int mb_http_on_body(mb_broker *b, struct lws *wsi, mb_pss *pss, const void *in, 
 int mb_http_on_body_done(mb_broker *b, struct lws *wsi, mb_pss *pss);
 /* A WebSocket upgrade on a non-MAP path (e.g. /observe): 1 if http.c takes it. */
 int mb_http_ws_path(const char *uri);
+/* Set up pss->s (already created) as a /observe stream. */
+int mb_http_ws_observe(mb_broker *b, struct lws *wsi, mb_pss *pss);
 
 #endif

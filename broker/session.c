@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "mb.h"
+#include "observe.h"
 
 #define MB_WRITE_CHUNK (64 * 1024)
 
@@ -181,7 +182,8 @@ int mb_session_on_writeable(mb_session *s)
     mb_qent *q = s->q_head;
     if (!q || q->gen > b->committed_gen) {
         if (!q && s->close_after_flush) {
-            lws_close_reason(s->wsi, (enum lws_close_status)s->close_after_flush, NULL, 0);
+            if (!mb_observe_is_sse(s))
+                lws_close_reason(s->wsi, (enum lws_close_status)s->close_after_flush, NULL, 0);
             return -1;
         }
         return 0; /* spurious, or waiting for a commit */
@@ -189,7 +191,8 @@ int mb_session_on_writeable(mb_session *s)
     size_t left = q->f->len - q->off;
     size_t n = left > MB_WRITE_CHUNK ? MB_WRITE_CHUNK : left;
     int first = q->off == 0, last = n == left;
-    enum lws_write_protocol wp = lws_write_ws_flags(LWS_WRITE_TEXT, first, last);
+    int sse = mb_observe_is_sse(s);
+    enum lws_write_protocol wp = sse ? LWS_WRITE_HTTP : lws_write_ws_flags(LWS_WRITE_TEXT, first, last);
     /* lws needs LWS_PRE writable bytes in front of the chunk; for continuation
      * fragments the bytes in front are already-sent payload, which we may clobber. */
     unsigned char *p = (unsigned char *)q->f->mem + LWS_PRE + q->off;
@@ -242,6 +245,8 @@ void mb_session_on_message(mb_session *s, const char *buf, size_t len)
     int64_t now = mb_now();
     s->last_active = now;
     b->stats.frames_in++;
+    if (s->observer)
+        return; /* plain observers only listen */
     b->stats.bytes_in += len;
 
     mp_msg m;
@@ -251,6 +256,10 @@ void mb_session_on_message(mb_session *s, const char *buf, size_t len)
     if (mp_rpc_parse(buf, len, &b->limits, &m, &bad_id, &e)) {
         b->stats.parse_errors++;
         mb_debug(s->session_id, "bad message: %s", e.message);
+        if (e.code == MP_INVALID_PARAMS && !bad_id) {
+            /* a notification with malformed params: notifications are never answered */
+            return;
+        }
         mb__send_error(s, bad_id, &e);
         json_decref(bad_id);
         return;
@@ -295,7 +304,8 @@ void mb_session_destroy(mb_session *s, const char *reason)
     if (s->state == MB_CLOSED)
         return;
     char ev_id[MP_ULID_LEN + 1] = "";
-    if (s->state == MB_READY) {
+    mb_observe_close(b, s);
+    if (s->state == MB_READY && !s->observer) {
         json_t *d = json_pack("{s:s, s:s}", "participantId", s->participant_id, "participantType",
                               s->ptype == MB_PT_AGENT     ? "agent"
                               : s->ptype == MB_PT_GATEWAY ? "gateway"
@@ -363,7 +373,7 @@ void mb_session_on_close(mb_session *s)
     free(s->rx);
     s->rx = NULL;
     s->rx_len = s->rx_cap = 0;
-    if (s->state == MB_READY && b->cfg->resume_window_ms > 0 && !b->stopping && !s->final_close) {
+    if (s->state == MB_READY && !s->observer && b->cfg->resume_window_ms > 0 && !b->stopping && !s->final_close) {
         s->detached = 1;
         s->detached_at = mb_now();
         mb_info(s->session_id, "connection closed; session kept %lld ms for resume", b->cfg->resume_window_ms);

@@ -24,5 +24,5 @@ ctest --test-dir build-test --output-on-failure -j2 --timeout 600
 
 # Fuzzers: clang + libFuzzer, bounded run (MB_FUZZ_SECONDS, default 30 s each).
 CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DMB_FUZZ=ON -DMB_TESTS=ON >/dev/null
-cmake --build build-fuzz -j"$(nproc)" --target all >/dev/null
+cmake --build build-fuzz -j"$(nproc)" --target fuzzers >/dev/null
 ctest --test-dir build-fuzz --output-on-failure -R '^fuzz_' --timeout 900

@@ -1,0 +1,329 @@
+/* Plain observer streams (docs/observers.md): WebSocket /observe and SSE.
+ *
+ * An observer is an mb_session with `observer` set: it gets the same bounded
+ * queue and write path as a MAP peer but never dispatches requests. Each
+ * mail.* event becomes one stream message, encoded once per wire form (a
+ * WebSocket text frame and an SSE block) and shared by every observer of the
+ * conversation. Resume is by (epoch, seq): a new stream replays the turns
+ * after the requested seq from the store before going live, so a reconnecting
+ * observer sees each turn exactly once. */
+#include "observe.h"
+
+#include <libwebsockets.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth.h"
+#include "mail.h"
+
+typedef struct mb_obs {
+    char *conv;          /* NULL = global feed */
+    uint64_t last_seq;   /* newest seq queued to this observer */
+    int overflowed;      /* an overflow notice is out for the current episode */
+    int sse;
+} mb_obs;
+
+static mb_map *mb__by_conv; /* conv id -> mb_map(session serial -> mb_session*) */
+static mb_map *mb__global;  /* serial -> mb_session* */
+
+static void mb__key(const mb_session *s, char out[24])
+{
+    snprintf(out, 24, "%llu", (unsigned long long)s->serial);
+}
+
+/* ---- frames ---- */
+
+/* An SSE block: optional id, event name, one data line (JSON has no raw newlines). */
+static mb_frame *mb__sse_frame(const char *type, const char *id, const char *json, size_t len)
+{
+    size_t cap = len + strlen(type) + (id ? strlen(id) : 0) + 32;
+    char *buf = malloc(cap);
+    if (!buf)
+        return NULL;
+    int n = snprintf(buf, cap, "%s%s%sevent: %s\ndata: ", id ? "id: " : "", id ? id : "", id ? "\n" : "", type);
+    memcpy(buf + n, json, len);
+    memcpy(buf + n + len, "\n\n", 2);
+    mb_frame *f = mb_frame_text(buf, (size_t)n + len + 2);
+    free(buf);
+    return f;
+}
+
+typedef struct mb__msg {
+    json_t *j;          /* the message */
+    const char *type;
+    uint64_t seq;       /* turn seq (0 for updates) */
+    mb_frame *ws, *sse; /* encoded lazily, shared */
+    char *text;
+    size_t len;
+    char sse_id[64];
+} mb__msg;
+
+static void mb__msg_encode(mb__msg *m)
+{
+    if (!m->text)
+        m->text = mp_dump(m->j, 0, &m->len);
+}
+
+static mb_frame *mb__msg_frame(mb__msg *m, int sse)
+{
+    mb__msg_encode(m);
+    if (!m->text)
+        return NULL;
+    if (sse) {
+        if (!m->sse)
+            m->sse = mb__sse_frame(m->type, m->seq ? m->sse_id : NULL, m->text, m->len);
+        return m->sse;
+    }
+    if (!m->ws)
+        m->ws = mb_frame_text(m->text, m->len);
+    return m->ws;
+}
+
+static void mb__msg_free(mb__msg *m)
+{
+    json_decref(m->j);
+    mb_frame_unref(m->ws);
+    mb_frame_unref(m->sse);
+    free(m->text);
+}
+
+static void mb__push(mb_broker *b, mb_session *s, mb__msg *m)
+{
+    mb_obs *o = s->obs;
+    mb_frame *f = mb__msg_frame(m, o->sse);
+    if (!f)
+        return;
+    if (o->overflowed && !s->full_since)
+        o->overflowed = 0; /* queue drained: a new episode may be reported */
+    int rc = mb_session_send(s, f, MB_Q_EVENT);
+    if (rc == 0) {
+        if (m->seq)
+            o->last_seq = m->seq;
+        return;
+    }
+    if (rc == 1 && !o->overflowed) {
+        /* tell it where to resume; this notice itself is never dropped */
+        o->overflowed = 1;
+        mb__msg n = {.type = "overflow",
+                     .j = json_pack("{s:s, s:s, s:I}", "type", "overflow", "epoch", mst_epoch(b->store), "resumeAfter",
+                                    (json_int_t)o->last_seq)};
+        if (o->conv)
+            json_object_set_new(n.j, "conversationId", json_string(o->conv));
+        mb_frame *nf = mb__msg_frame(&n, o->sse);
+        if (nf)
+            mb_session_send(s, nf, MB_Q_RESPONSE);
+        mb__msg_free(&n);
+        mb_warn(s->session_id, "observer fell behind; overflow notice sent (resume after seq %llu)",
+                (unsigned long long)o->last_seq);
+    }
+}
+
+static void mb__fanout(mb_broker *b, mb_map *set, mb__msg *m)
+{
+    if (!set)
+        return;
+    MB_MAP_FOREACH(set, e)
+    {
+        mb_session *s = mb_map_val(e);
+        if (s->wsi && s->state != MB_CLOSED)
+            mb__push(b, s, m);
+    }
+}
+
+/* ---- building messages ---- */
+
+static json_t *mb__snapshot(mb_broker *b, mb_conv *c)
+{
+    json_t *parts = json_array(), *threads = json_array(), *kids = json_array();
+    MB_MAP_FOREACH(c->parts, e) json_array_append(parts, ((mb_part *)mb_map_val(e))->doc);
+    MB_MAP_FOREACH(c->threads, e)
+    {
+        json_t *t = json_deep_copy(((mb_thread *)mb_map_val(e))->doc);
+        json_object_del(t, "_meta");
+        json_array_append_new(threads, t);
+    }
+    MB_MAP_FOREACH(c->children, e) json_array_append(kids, ((mb_conv *)mb_map_val(e))->doc);
+    return json_pack("{s:s, s:s, s:s, s:O, s:o, s:o, s:o}", "type", "conversation_update", "conversationId", c->id,
+                     "reason", "snapshot", "conversation", c->doc, "participants", parts, "threads", threads,
+                     "children", kids);
+}
+
+void mb_observe_on_event(mb_broker *b, const mb_event *ev)
+{
+    if (!ev->conv_id || (!mb__by_conv && !mb__global))
+        return;
+    mb_conv *c = mb_conv_get(b, ev->conv_id);
+    if (!c)
+        return;
+    mb_map *set = mb__by_conv ? mb_map_get(mb__by_conv, c->id) : NULL;
+    const char *t = ev->type + 5; /* past "mail." */
+    if (!strcmp(t, "turn.added")) {
+        if (!set)
+            return;
+        json_t *turn = json_object_get(ev->data, "turn");
+        uint64_t seq = (uint64_t)json_integer_value(json_object_get(ev->data, "seq"));
+        mb__msg m = {.type = "turn_added", .seq = seq,
+                     .j = json_pack("{s:s, s:s, s:s, s:I, s:O}", "type", "turn_added", "conversationId", c->id, "epoch",
+                                    mst_epoch(b->store), "seq", (json_int_t)seq, "turn", turn)};
+        snprintf(m.sse_id, sizeof m.sse_id, "%s:%llu", mst_epoch(b->store), (unsigned long long)seq);
+        mb__fanout(b, set, &m);
+        mb__msg_free(&m);
+        return;
+    }
+    const char *reason = !strcmp(t, "created")                ? "created"
+                         : !strcmp(t, "closed")               ? "closed"
+                         : !strcmp(t, "reopened")             ? "reopened"
+                         : !strcmp(t, "participant.joined")   ? "participant_joined"
+                         : !strcmp(t, "participant.left")     ? "participant_left"
+                         : !strcmp(t, "thread.created")       ? "thread_created"
+                         : !strcmp(t, "summary.generated")    ? "summary"
+                                                              : NULL;
+    if (!reason)
+        return;
+    mb__msg m = {.type = "conversation_update",
+                 .j = json_pack("{s:s, s:s, s:s, s:O}", "type", "conversation_update", "conversationId", c->id,
+                                "reason", reason, "conversation", c->doc)};
+    static const char *extra[] = {"participant", "participantId", "thread", "summary", "closedBy", "reason", NULL};
+    for (int i = 0; extra[i]; i++)
+        if (strcmp(extra[i], "reason"))
+            mp_copy_key(m.j, ev->data, extra[i]);
+    if (json_object_get(ev->data, "reason"))
+        json_object_set(m.j, "closeReason", json_object_get(ev->data, "reason"));
+    mb__fanout(b, set, &m);
+    /* the global feed also learns about new child conversations under the parent */
+    mb__fanout(b, mb__global, &m);
+    mb__msg_free(&m);
+}
+
+/* ---- opening a stream ---- */
+
+static void mb__send_now(mb_broker *b, mb_session *s, const char *type, json_t *j_stolen)
+{
+    mb__msg m = {.type = type, .j = j_stolen};
+    mb_frame *f = mb__msg_frame(&m, ((mb_obs *)s->obs)->sse);
+    if (f)
+        mb_session_send(s, f, MB_Q_RESPONSE);
+    mb__msg_free(&m);
+}
+
+struct mb__replay {
+    mb_broker *b;
+    mb_session *s;
+    mb_conv *c;
+    const char *reader;
+};
+
+static int mb__replay_cb(void *arg, const struct mst_turn *t)
+{
+    struct mb__replay *r = arg;
+    json_t *turn = json_loadb(t->json, t->len, 0, NULL);
+    if (!turn)
+        return 0;
+    mb__msg m = {.type = "turn_added", .seq = t->seq,
+                 .j = json_pack("{s:s, s:s, s:s, s:I, s:o}", "type", "turn_added", "conversationId", r->c->id, "epoch",
+                                mst_epoch(r->b->store), "seq", (json_int_t)t->seq, "turn", turn)};
+    snprintf(m.sse_id, sizeof m.sse_id, "%s:%llu", mst_epoch(r->b->store), (unsigned long long)t->seq);
+    mb__push(r->b, r->s, &m);
+    mb__msg_free(&m);
+    return ((mb_obs *)r->s->obs)->overflowed; /* stop replaying into a full queue */
+}
+
+static int mb__fail(mb_broker *b, mb_session *s, const char *code, const char *msg)
+{
+    mb__send_now(b, s, "error", json_pack("{s:s, s:s, s:s}", "type", "error", "code", code, "message", msg));
+    mb_session_close_after_flush(s, 1008, code);
+    mb_info(s->session_id, "observer refused: %s (%s)", code, msg);
+    return 0;
+}
+
+int mb_observe_open(mb_broker *b, mb_session *s, const char *conv_id, const char *after, const char *epoch, int sse)
+{
+    mb_obs *o = calloc(1, sizeof *o);
+    if (!o)
+        return -1;
+    o->sse = sse;
+    s->obs = o;
+    s->observer = 1;
+    s->state = MB_READY;
+    char key[24];
+    mb__key(s, key);
+    const char *ep = mst_epoch(b->store);
+    if (!conv_id || !*conv_id) {
+        if (!mb__global)
+            mb__global = mb_map_new();
+        mb_map_put(mb__global, key, s);
+        mb__send_now(b, s, "hello", json_pack("{s:s, s:s}", "type", "hello", "epoch", ep));
+        mb_debug(s->session_id, "global observer attached");
+        return 0;
+    }
+    o->conv = strdup(conv_id);
+    mb_conv *c = mb_conv_get(b, conv_id);
+    if (!c)
+        return mb__fail(b, s, "not_found", "no such conversation");
+    if (!mb_mail_may_read(s, c))
+        return mb__fail(b, s, "forbidden", "this principal may not observe the conversation");
+    if (epoch && *epoch && strcmp(epoch, ep))
+        return mb__fail(b, s, "epoch_mismatch", "the position is from another store epoch; start again from 0");
+    char *end = NULL;
+    unsigned long long from = after && *after ? strtoull(after, &end, 10) : 0;
+    if (after && *after && (!end || *end))
+        return mb__fail(b, s, "bad_request", "after must be a turn sequence number");
+    if (from > c->last_seq)
+        return mb__fail(b, s, "position_out_of_range", "after is beyond the newest turn of this conversation");
+    mb__send_now(b, s, "hello",
+                 json_pack("{s:s, s:s, s:s, s:I}", "type", "hello", "epoch", ep, "conversationId", c->id, "lastSeq",
+                           (json_int_t)c->last_seq));
+    mb__send_now(b, s, "conversation_update", mb__snapshot(b, c));
+    o->last_seq = from;
+    struct mb__replay r = {.b = b, .s = s, .c = c};
+    mb_mail_scan_turns(b, c, from, 0, mb__replay_cb, &r);
+    if (!mb__by_conv)
+        mb__by_conv = mb_map_new();
+    mb_map *set = mb_map_get(mb__by_conv, c->id);
+    if (!set) {
+        set = mb_map_new();
+        mb_map_put(mb__by_conv, c->id, set);
+    }
+    mb_map_put(set, key, s);
+    mb_debug(s->session_id, "observer attached to %s after seq %llu", c->id, from);
+    return 0;
+}
+
+void mb_observe_close(mb_broker *b, mb_session *s)
+{
+    mb_obs *o = s->obs;
+    if (!o)
+        return;
+    char key[24];
+    mb__key(s, key);
+    if (o->conv && mb__by_conv) {
+        mb_map *set = mb_map_get(mb__by_conv, o->conv);
+        if (set) {
+            mb_map_del(set, key);
+            if (!mb_map_size(set)) {
+                mb_map_del(mb__by_conv, o->conv);
+                mb_map_free(set, NULL);
+            }
+        }
+    } else if (mb__global) {
+        mb_map_del(mb__global, key);
+    }
+    free(o->conv);
+    free(o);
+    s->obs = NULL;
+}
+
+void mb_observe_free(void)
+{
+    if (mb__by_conv) {
+        MB_MAP_FOREACH(mb__by_conv, e) mb_map_free(mb_map_val(e), NULL);
+        mb_map_free(mb__by_conv, NULL);
+    }
+    mb_map_free(mb__global, NULL);
+    mb__by_conv = mb__global = NULL;
+}
+
+int mb_observe_is_sse(const mb_session *s)
+{
+    return s->obs && ((mb_obs *)s->obs)->sse;
+}
