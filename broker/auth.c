@@ -838,10 +838,12 @@ void mb_auth_housekeeping(mb_broker *b)
             continue;
         if ((s->state == MB_AWAIT_CONNECT || s->state == MB_AWAIT_AUTH) && now - s->created_at > hs_ms) {
             if (!s->close_after_flush) {
+                /* polite close (1008) once the queue is written ... */
                 mb_warn(s->session_id, "%s did not finish map/connect%s within %lld s; closing", s->peer,
                         s->state == MB_AWAIT_AUTH ? " + authentication" : "", b->cfg->handshake_timeout);
-                s->close_after_flush = 1;
-                mb__kill(s, LWS_CLOSE_STATUS_POLICY_VIOLATION, "handshake timeout");
+                mb_session_close_after_flush(s, LWS_CLOSE_STATUS_POLICY_VIOLATION, "handshake timeout");
+            } else if (now - s->created_at > 2 * hs_ms + 1000) {
+                mb__kill(s, LWS_CLOSE_STATUS_POLICY_VIOLATION, "handshake timeout"); /* ... or not politely */
             }
             continue;
         }
