@@ -274,6 +274,11 @@ int mb_net_start(mb_broker *b, char *errbuf, size_t errlen)
         struct lws_context_creation_info t = v;
         t.port = (int)b->cfg->tls_port;
         t.vhost_name = "map-tls";
+        /* lws (4.1) leaves a vhost in plain text unless its own options carry
+         * DO_SSL_GLOBAL_INIT: without this the "wss" port spoke plain ws
+         * (REQUIRE_VALID_OPENSSL_CLIENT_CERT happens to include the bit, so
+         * only the non-mTLS case was affected). */
+        t.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
         t.ssl_cert_filepath = b->cfg->tls_cert;
         t.ssl_private_key_filepath = b->cfg->tls_key;
         t.ssl_cipher_list = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
