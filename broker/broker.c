@@ -7,6 +7,7 @@
 #include "auth.h"
 #include "mb.h"
 #include "net.h"
+#include "observe.h"
 
 int64_t mb_now(void) { return mp_now_ms(); }
 
@@ -98,9 +99,11 @@ void mb_broker_housekeeping(mb_broker *b)
         if (s->detached && now - s->detached_at >= b->cfg->resume_window_ms) {
             mb_info(s->session_id, "resume window over; session ended");
             mb_session_destroy(s, "resume_window_expired");
-        } else if (s->wsi && s->full_since && now - s->full_since >= b->cfg->slow_consumer_ms) {
-            mb_warn(s->session_id, "slow consumer: queue full for %lld ms (%zu frames, %zu bytes, %llu dropped); disconnecting",
-                    (long long)(now - s->full_since), s->q_count, s->q_bytes, (unsigned long long)s->dropped);
+        } else if (s->wsi && s->q_head && s->q_head->gen <= b->committed_gen &&
+                   now - s->progress_at >= b->cfg->slow_consumer_ms) {
+            /* data waiting and nothing written for the whole deadline: stalled */
+            mb_warn(s->session_id, "slow consumer: no progress for %lld ms (%zu frames, %zu bytes queued, %llu dropped); disconnecting",
+                    (long long)(now - s->progress_at), s->q_count, s->q_bytes, (unsigned long long)s->dropped);
             b->stats.slow_consumers_closed++;
             lws_close_reason(s->wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION, (unsigned char *)"slow consumer", 13);
             lws_set_timeout(s->wsi, PENDING_TIMEOUT_CLOSE_SEND, LWS_TO_KILL_ASYNC);
@@ -119,6 +122,11 @@ void mb_broker_housekeeping(mb_broker *b)
             mb_agent_remove(b, a, "not_reclaimed", NULL);
         }
         e = next;
+    }
+    static int64_t last_ka;
+    if (now - last_ka >= 15000) {
+        last_ka = now;
+        mb_observe_keepalive(b);
     }
     if (!b->txn_open)
         mb_broker_commit(b);

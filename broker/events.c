@@ -161,12 +161,25 @@ static void mb__deliver(mb_broker *b, mb_sub *sub, const mb_event *ev)
     mb_frame *f = mb__notification(sub, seqno, ev);
     if (!f)
         return;
+    if (sub->overflow_first && !sub->s->full_since)
+        sub->overflow_first = 0; /* the queue drained: a new overflow episode may be reported */
     int rc = mb_session_send(sub->s, f, MB_Q_EVENT);
     mb_frame_unref(f);
-    if (rc == 0)
+    if (rc == 0) {
         b->stats.event_notifications++;
-    else if (rc == 1 && !sub->overflow_first)
+        memcpy(sub->last_id, ev->id, sizeof sub->last_id);
+    } else if (rc == 1 && !sub->overflow_first) {
+        /* Say once where to resume (map/replay afterEventId); the SDK ignores
+         * unknown notifications, other clients can act on it. Never dropped. */
         sub->overflow_first = ev->seq;
+        json_t *n = mp_rpc_notification("map/subscription.overflow",
+                                        json_pack("{s:s, s:s, s:I}", "subscriptionId", sub->id, "firstDroppedEventId",
+                                                  ev->id, "firstDroppedSequence", (json_int_t)seqno));
+        if (sub->last_id[0])
+            json_object_set_new(json_object_get(n, "params"), "resumeAfterEventId", json_string(sub->last_id));
+        mb_session_send_json(sub->s, n, MB_Q_RESPONSE);
+        json_decref(n);
+    }
 }
 
 mb_event *mb_emit(mb_broker *b, const char *type, const char *source, json_t *data, const char *caused_by,

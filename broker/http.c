@@ -744,7 +744,7 @@ void mb_http_on_close(mb_broker *b, struct lws *wsi, mb_pss *pss)
 int mb_http_on_body(mb_broker *b, struct lws *wsi, mb_pss *pss, const void *in, size_t len)
 {
     struct mb_http *h = pss->h;
-    if (!h || !h->post_path)
+    if (!h || !h->post_path || !len || !in)
         return 0;
     if (h->in_len + len > 65536)
         return -1; /* bodies here are tiny; refuse anything else */

@@ -5,6 +5,7 @@
 #include "auth.h"
 #include "mb.h"
 #include "net.h"
+#include "observe.h"
 
 int main(int argc, char **argv)
 {
@@ -39,6 +40,7 @@ out:
     mb_net_stop(&b);
     mb_auth_free(&b);
     mb_federation_free();
+    mb_observe_free();
     mb_broker_free(&b);
     mb_config_free(&cfg);
     return status;

@@ -120,6 +120,7 @@ struct mb_session {
     size_t q_count, q_bytes;
     uint64_t dropped;             /* event notifications dropped (slow consumer) */
     int64_t full_since;           /* ms when the queue first hit its limit, 0 if not full */
+    int64_t progress_at;          /* ms of the last write, or when the queue became non-empty */
     int close_after_flush;        /* map/disconnect: close once the queue is empty */
     int in_wake_list;
     mb_session *wake_next;
@@ -209,6 +210,7 @@ struct mb_sub {
     int exclude_own;
     int include_payloads;
     uint64_t overflow_first; /* first event seq dropped in the current overflow run, 0 = none */
+    char last_id[MP_ULID_LEN + 1]; /* newest event id queued on this subscription */
 };
 
 /* Emit an event: assigns seq/id/time, records it (memory history + store unless

@@ -19,7 +19,8 @@
 typedef struct mb_obs {
     char *conv;          /* NULL = global feed */
     uint64_t last_seq;   /* newest seq queued to this observer */
-    int overflowed;      /* an overflow notice is out for the current episode */
+    int overflowed;      /* fell behind: the overflow notice is queued, nothing more is */
+    int catching_up;     /* replaying stored turns; live turns are read from the store too */
     int sse;
 } mb_obs;
 
@@ -93,8 +94,8 @@ static void mb__push(mb_broker *b, mb_session *s, mb__msg *m)
     mb_frame *f = mb__msg_frame(m, o->sse);
     if (!f)
         return;
-    if (o->overflowed && !s->full_since)
-        o->overflowed = 0; /* queue drained: a new episode may be reported */
+    if (o->overflowed)
+        return; /* the stream has a gap and ends with the overflow notice */
     int rc = mb_session_send(s, f, MB_Q_EVENT);
     if (rc == 0) {
         if (m->seq)
@@ -113,6 +114,9 @@ static void mb__push(mb_broker *b, mb_session *s, mb__msg *m)
         if (nf)
             mb_session_send(s, nf, MB_Q_RESPONSE);
         mb__msg_free(&n);
+        /* its stream now has a gap: end it once the notice is out (it resumes
+         * from resumeAfter); a reader that never drains is cut at the deadline */
+        mb_session_close_after_flush(s, 1008, "overflow");
         mb_warn(s->session_id, "observer fell behind; overflow notice sent (resume after seq %llu)",
                 (unsigned long long)o->last_seq);
     }
@@ -166,7 +170,13 @@ void mb_observe_on_event(mb_broker *b, const mb_event *ev)
                      .j = json_pack("{s:s, s:s, s:s, s:I, s:O}", "type", "turn_added", "conversationId", c->id, "epoch",
                                     mst_epoch(b->store), "seq", (json_int_t)seq, "turn", turn)};
         snprintf(m.sse_id, sizeof m.sse_id, "%s:%llu", mst_epoch(b->store), (unsigned long long)seq);
-        mb__fanout(b, set, &m);
+        MB_MAP_FOREACH(set, e)
+        {
+            mb_session *s = mb_map_val(e);
+            mb_obs *o = s->obs;
+            if (s->wsi && s->state != MB_CLOSED && !o->catching_up) /* catch-up reads it from the store */
+                mb__push(b, s, &m);
+        }
         mb__msg_free(&m);
         return;
     }
@@ -210,7 +220,7 @@ struct mb__replay {
     mb_broker *b;
     mb_session *s;
     mb_conv *c;
-    const char *reader;
+    size_t n;
 };
 
 static int mb__replay_cb(void *arg, const struct mst_turn *t)
@@ -225,7 +235,12 @@ static int mb__replay_cb(void *arg, const struct mst_turn *t)
     snprintf(m.sse_id, sizeof m.sse_id, "%s:%llu", mst_epoch(r->b->store), (unsigned long long)t->seq);
     mb__push(r->b, r->s, &m);
     mb__msg_free(&m);
-    return ((mb_obs *)r->s->obs)->overflowed; /* stop replaying into a full queue */
+    r->n++;
+    mb_session *s = r->s;
+    mb_broker *b = r->b;
+    /* stop at half the limits: the pump continues as the queue drains */
+    return ((mb_obs *)s->obs)->overflowed || s->q_count >= (size_t)b->cfg->queue_max_count / 2 ||
+           s->q_bytes >= (size_t)b->cfg->queue_max_bytes / 2;
 }
 
 static int mb__fail(mb_broker *b, mb_session *s, const char *code, const char *msg)
@@ -275,8 +290,7 @@ int mb_observe_open(mb_broker *b, mb_session *s, const char *conv_id, const char
                            (json_int_t)c->last_seq));
     mb__send_now(b, s, "conversation_update", mb__snapshot(b, c));
     o->last_seq = from;
-    struct mb__replay r = {.b = b, .s = s, .c = c};
-    mb_mail_scan_turns(b, c, from, 0, mb__replay_cb, &r);
+    o->catching_up = 1;
     if (!mb__by_conv)
         mb__by_conv = mb_map_new();
     mb_map *set = mb_map_get(mb__by_conv, c->id);
@@ -286,7 +300,38 @@ int mb_observe_open(mb_broker *b, mb_session *s, const char *conv_id, const char
     }
     mb_map_put(set, key, s);
     mb_debug(s->session_id, "observer attached to %s after seq %llu", c->id, from);
+    mb_observe_pump(b, s);
     return 0;
+}
+
+/* Catch-up with backpressure: queue stored turns only while the connection's
+ * queue is below half its limits, in small batches; called again from the
+ * writeable callback as the queue drains. Turns recorded meanwhile are read
+ * from the store too, so the observer goes live exactly at the newest turn. */
+void mb_observe_pump(mb_broker *b, mb_session *s)
+{
+    mb_obs *o = s->obs;
+    if (!o || !o->catching_up || o->overflowed || !o->conv)
+        return;
+    mb_conv *c = mb_conv_get(b, o->conv);
+    if (!c) {
+        o->catching_up = 0;
+        return;
+    }
+    while (s->wsi && !o->overflowed) {
+        if (s->q_count >= (size_t)b->cfg->queue_max_count / 2 || s->q_bytes >= (size_t)b->cfg->queue_max_bytes / 2)
+            return; /* resume when the queue drains */
+        if (o->last_seq >= c->last_seq) {
+            o->catching_up = 0; /* caught up: live from here */
+            return;
+        }
+        struct mb__replay r = {.b = b, .s = s, .c = c};
+        mb_mail_scan_turns(b, c, o->last_seq, 16, mb__replay_cb, &r);
+        if (!r.n) {
+            o->catching_up = 0;
+            return;
+        }
+    }
 }
 
 void mb_observe_close(mb_broker *b, mb_session *s)
@@ -326,4 +371,19 @@ void mb_observe_free(void)
 int mb_observe_is_sse(const mb_session *s)
 {
     return s->obs && ((mb_obs *)s->obs)->sse;
+}
+
+void mb_observe_keepalive(mb_broker *b)
+{
+    static mb_frame *ka;
+    if (!ka)
+        ka = mb_frame_text(": keepalive\n\n", 13);
+    if (!ka)
+        return;
+    MB_MAP_FOREACH(b->sessions, e)
+    {
+        mb_session *s = mb_map_val(e);
+        if (s->wsi && mb_observe_is_sse(s) && !s->q_head)
+            mb_session_send(s, ka, MB_Q_EVENT);
+    }
 }

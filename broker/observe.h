@@ -14,6 +14,10 @@ void mb_observe_close(mb_broker *b, mb_session *s);
 /* Called by mb_emit for every mail.* event. */
 void mb_observe_on_event(mb_broker *b, const mb_event *ev);
 int mb_observe_is_sse(const mb_session *s);
+/* Continue a catch-up replay if the session's queue has room (called as it drains). */
+void mb_observe_pump(mb_broker *b, mb_session *s);
 void mb_observe_free(void);
+/* Comment line to idle SSE streams so proxies keep them open (every 15 s). */
+void mb_observe_keepalive(mb_broker *b);
 
 #endif

@@ -119,6 +119,8 @@ int mb_session_send(mb_session *s, mb_frame *f, enum mb_qkind kind)
     q->off = 0;
     q->kind = kind;
     q->gen = b->txn_open ? b->txn_gen : 0;
+    if (!s->q_head)
+        s->progress_at = mb_now();
     if (s->q_tail)
         s->q_tail->next = q;
     else
@@ -207,10 +209,13 @@ int mb_session_on_writeable(mb_session *s)
         return -1;
     }
     b->stats.bytes_out += n;
+    s->progress_at = mb_now();
     q->off += n;
     if (last) {
         b->stats.frames_out++;
         mb__queue_pop(s);
+        if (s->obs)
+            mb_observe_pump(b, s); /* an observer catching up refills as it drains */
     }
     if ((s->q_head && s->q_head->gen <= b->committed_gen) || (!s->q_head && s->close_after_flush))
         lws_callback_on_writable(s->wsi);
