@@ -78,9 +78,10 @@ static void fmt_time(json_int_t ms, char *buf, size_t n)
         snprintf(buf, n, "-");
         return;
     }
-    char tmp[32];
-    strftime(tmp, sizeof tmp, "%H:%M:%S", &tm);
-    snprintf(buf, n, "%s.%03d", tmp, (int)(ms % 1000));
+    char tmp[16];
+    if (!strftime(tmp, sizeof tmp, "%H:%M:%S", &tm))
+        tmp[0] = '\0';
+    snprintf(buf, n, "%.8s.%03d", tmp, (int)(ms % 1000));
 }
 
 static int map_error(const char *what, int rc, const mp_err *e)
