@@ -216,6 +216,7 @@ void mb_broker_free(mb_broker *b)
             mb_map_ent *n = mb_map_next(e);
             mb_session *s = mb_map_val(e);
             s->wsi = NULL; /* context already destroyed or about to be */
+            mb_observe_close(b, s);
             mb_subs_drop_session(b, s);
             mb_map_free(s->owned, NULL);
             s->owned = mb_map_new();

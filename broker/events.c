@@ -234,18 +234,19 @@ mb_event *mb_emit(mb_broker *b, const char *type, const char *source, json_t *da
             mb_error("store", "event %s not recorded: %s (%s)", ev->id, mst_strerror(rc), mst_last_error(b->store));
     }
 
-    /* history ring */
-    size_t slot = (b->hist_head + b->hist_len) % b->hist_cap;
-    if (b->hist_len == b->hist_cap) {
-        mb__event_free(b->hist[b->hist_head]);
+    /* history ring, bounded in count and in bytes (message events carry payloads) */
+    size_t cost = 2 * ev->text_len + 256;
+    while (b->hist_len && (b->hist_len == b->hist_cap || b->hist_bytes + cost > (size_t)b->cfg->event_history_bytes)) {
+        mb_event *old = b->hist[b->hist_head];
+        b->hist_bytes -= 2 * old->text_len + 256;
+        mb__event_free(old);
         b->hist[b->hist_head] = NULL;
         b->hist_head = (b->hist_head + 1) % b->hist_cap;
-        slot = (b->hist_head + b->hist_len - 1) % b->hist_cap;
-        b->hist[slot] = ev;
-    } else {
-        b->hist[slot] = ev;
-        b->hist_len++;
+        b->hist_len--;
     }
+    b->hist[(b->hist_head + b->hist_len) % b->hist_cap] = ev;
+    b->hist_len++;
+    b->hist_bytes += cost;
 
     /* fan-out: plain observers, then MAP subscriptions */
     if (ev->conv_id)

@@ -301,6 +301,7 @@ struct mb_broker {
     uint64_t event_seq;        /* last assigned */
     mb_event **hist;           /* ring of the newest events */
     size_t hist_cap, hist_head, hist_len;
+    size_t hist_bytes;         /* approximate memory held by the history */
     mb_map *sub_index;         /* subscription id -> mb_sub* */
 
     /* group commit */

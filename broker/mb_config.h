@@ -21,6 +21,7 @@ typedef struct mb_config {
     long long slow_consumer_ms;
     long long resume_window_ms;
     long long event_history;
+    long long event_history_bytes;
     long long max_connections;
     long long max_connections_per_ip;
     long long rate_limit;
