@@ -386,7 +386,7 @@ static int mb__sse_open(mb_broker *b, struct lws *wsi, mb_pss *pss, mb_session *
     snprintf(s->participant_id, sizeof s->participant_id, "%s", who->participant_id);
     pss->s = s;
     /* Last-Event-ID ("<epoch>:<seq>") wins over ?after= */
-    char lei[128] = "", after[32] = "", epoch[64] = "";
+    char lei[128] = "", after[128] = "", epoch[128] = "";
     const char *a = mb__arg(wsi, "after", after, sizeof after);
     const char *ep = mb__arg(wsi, "epoch", epoch, sizeof epoch);
     if (lws_hdr_custom_copy(wsi, lei, sizeof lei, "last-event-id:", 14) > 0) {
