@@ -114,7 +114,8 @@ struct mb_session {
     /* inbound reassembly */
     char *rx;
     size_t rx_len, rx_cap;
-    int rx_too_big;
+    int rx_too_big;               /* discarding an oversize message until its end */
+    size_t rx_discarded;
     /* outbound queue */
     mb_qent *q_head, *q_tail;
     size_t q_count, q_bytes;

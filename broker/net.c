@@ -55,15 +55,28 @@ static int mb__rx(mb_session *s, struct lws *wsi, const char *in, size_t len)
 {
     mb_broker *b = s->b;
     size_t cap = (size_t)(s->authenticated || !b->auth ? b->cfg->max_message : b->cfg->max_message_preauth);
-    if (s->rx_len + len > cap) {
-        /* refuse before buffering: lws itself puts no limit on message size */
-        mb_warn(s->session_id, "message over %zu bytes from %s; closing with 1009", cap, s->peer);
-        b->stats.oversize_closed++;
-        static const char reason[] = "message too large";
-        lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *)reason, sizeof reason - 1);
-        return -1;
-    }
     int final = lws_is_final_fragment(wsi) && !lws_remaining_packet_payload(wsi);
+    if (s->rx_too_big || s->rx_len + len > cap) {
+        /* Refuse before buffering (lws puts no limit on message size), but read
+         * the rest of this message without keeping it, and close at its end:
+         * closing while the peer is still sending lets its RST overtake our
+         * close frame. A peer that keeps going past 64x the cap is cut off. */
+        if (!s->rx_too_big) {
+            mb_warn(s->session_id, "message over %zu bytes from %s; closing with 1009", cap, s->peer);
+            b->stats.oversize_closed++;
+            free(s->rx);
+            s->rx = NULL;
+            s->rx_len = s->rx_cap = 0;
+        }
+        s->rx_too_big += 1;
+        s->rx_discarded += len;
+        if (final || s->rx_discarded > 64 * cap) {
+            static const char reason[] = "message too large";
+            lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *)reason, sizeof reason - 1);
+            return -1;
+        }
+        return 0;
+    }
     if (final && s->rx_len == 0) {
         mb_session_on_message(s, in, len); /* common case: whole message in one callback, no copy */
         return 0;
