@@ -123,6 +123,21 @@ void mb_broker_housekeeping(mb_broker *b)
         }
         e = next;
     }
+    static int64_t last_trim;
+    if (now - last_trim >= 1000) {
+        last_trim = now;
+        uint64_t first = 0;
+        if (mst_event_first_seq(b->store, &first) == MST_OK && first &&
+            b->event_seq > first + (uint64_t)b->cfg->event_retention && mb_txn(b) == 0) {
+            uint64_t upto = b->event_seq - (uint64_t)b->cfg->event_retention;
+            int rc = mst_event_trim(b->store, upto);
+            if (rc)
+                mb_warn("store", "event trim failed: %s", mst_strerror(rc));
+            else
+                mb_info("store", "event log trimmed up to seq %llu (--event-retention %lld)", (unsigned long long)upto,
+                        b->cfg->event_retention);
+        }
+    }
     static int64_t last_ka;
     if (now - last_ka >= 15000) {
         last_ka = now;

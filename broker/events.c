@@ -270,21 +270,48 @@ static mb_event *mb__hist_at(mb_broker *b, size_t i)
 int mb_events_seq_of(mb_broker *b, const char *event_id, uint64_t *seq)
 {
     *seq = 0;
-    /* binary search in memory: ids sort like seq */
-    size_t lo = 0, hi = b->hist_len;
-    while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        int c = strcmp(mb__hist_at(b, mid)->id, event_id);
-        if (c == 0) {
-            *seq = mb__hist_at(b, mid)->seq;
-            return 0;
+    if (mp_ulid_time(event_id) < 0)
+        return MST_EINVAL;
+    /* memory: binary search for the first event whose id sorts after event_id
+     * (ids sort like seq), so even an id we never stored resumes exactly */
+    if (b->hist_len && strcmp(event_id, mb__hist_at(b, 0)->id) >= 0) {
+        size_t lo = 0, hi = b->hist_len;
+        while (lo < hi) {
+            size_t mid = (lo + hi) / 2;
+            if (strcmp(mb__hist_at(b, mid)->id, event_id) <= 0)
+                lo = mid + 1;
+            else
+                hi = mid;
         }
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
+        *seq = lo < b->hist_len ? mb__hist_at(b, lo)->seq - 1 : b->event_seq;
+        return 0;
     }
-    return mst_event_seq_of(b->store, event_id, seq) == MST_OK ? 0 : MST_ENOTFOUND;
+    /* older than memory: the store's log (which holds every non-message event) */
+    uint64_t first = 0;
+    mst_event_first_seq(b->store, &first);
+    if (mst_event_seq_of(b->store, event_id, seq) == MST_OK)
+        return 0;
+    int rc = mst_event_seq_after_id(b->store, event_id, seq);
+    if (rc == MST_ENOTFOUND) {
+        *seq = b->hist_len ? mb__hist_at(b, 0)->seq - 1 : b->event_seq;
+        return 0;
+    }
+    if (rc)
+        return rc;
+    if (first > 1 && *seq + 1 <= first) {
+        /* the events right after this position were trimmed */
+        *seq = 0;
+        return MST_ERANGE;
+    }
+    return 0;
+}
+
+/* Where retention starts, for error messages. */
+static void mb__oldest_id(mb_broker *b, char *out, size_t n)
+{
+    uint64_t first = 0;
+    mst_event_first_seq(b->store, &first);
+    snprintf(out, n, "seq %llu", (unsigned long long)first);
 }
 
 struct mb__scan_ctx {
@@ -387,7 +414,7 @@ static void mb__subscribe_replay(mb_ctx *cx, void *arg)
     uint64_t after = 0;
     if (json_is_string(rf)) {
         if (mb_events_seq_of(cx->b, json_string_value(rf), &after))
-            after = 0;
+            after = 0; /* validated in h_subscribe; trimmed meanwhile: from the oldest retained */
     } else {
         r.from_ts = json_integer_value(rf);
     }
@@ -404,6 +431,14 @@ static int h_subscribe(mb_ctx *cx)
     json_t *rf = json_object_get(cx->params, "replayFrom");
     if (rf && !json_is_null(rf) && !json_is_string(rf) && !json_is_integer(rf))
         return MB_FAIL(cx, MP_INVALID_PARAMS, "replayFrom", "Parameter replayFrom must be an event id or a timestamp (ms)");
+    if (json_is_string(rf)) {
+        uint64_t probe;
+        int prc = mb_events_seq_of(cx->b, json_string_value(rf), &probe);
+        if (prc == MST_EINVAL)
+            return MB_FAIL(cx, MP_INVALID_PARAMS, "replayFrom", "replayFrom is not an event id (ULID) or a timestamp");
+        if (prc == MST_ERANGE)
+            return MB_FAIL(cx, MP_INVALID_PARAMS, "replayFrom", "replayFrom is beyond retention: events after it were trimmed");
+    }
     if (s->nsubs >= cx->b->cfg->max_subscriptions)
         return MB_FAIL(cx, MP_QUOTA_EXCEEDED, "filter", "Too many subscriptions on this connection (limit %lld)",
                        cx->b->cfg->max_subscriptions);
@@ -505,7 +540,7 @@ static int mb__replay_page_cb(void *arg, const mb_event *ev)
     json_t *item = json_pack("{s:s, s:I, s:o}", "eventId", ev->id, "timestamp", (json_int_t)ev->ts, "event",
                              evj ? evj : json_object());
     json_t *cb = json_object_get(evj, "causedBy");
-    json_object_set(item, "causedBy", cb ? cb : json_array());
+    json_object_set_new(item, "causedBy", cb ? json_incref(cb) : json_array());
     json_array_append_new(p->events, item);
     p->n++;
     return 0;
@@ -529,8 +564,18 @@ static int h_replay(mb_ctx *cx)
     if (mp_filter_compile(filter, &p.filter, &cx->err))
         return cx->err.code;
     uint64_t after_seq = 0;
-    if (after && mb_events_seq_of(cx->b, after, &after_seq))
-        after_seq = 0; /* unknown / trimmed: from the oldest retained event */
+    int prc = after ? mb_events_seq_of(cx->b, after, &after_seq) : 0;
+    if (prc == MST_EINVAL) {
+        mp_filter_free(p.filter);
+        return MB_FAIL(cx, MP_INVALID_PARAMS, "afterEventId", "afterEventId is not an event id (ULID)");
+    }
+    if (prc == MST_ERANGE) {
+        char oldest[48];
+        mb__oldest_id(cx->b, oldest, sizeof oldest);
+        mp_filter_free(p.filter);
+        return MB_FAIL(cx, MP_INVALID_PARAMS, "afterEventId",
+                       "afterEventId is beyond retention: events after it were trimmed (oldest retained: %s)", oldest);
+    }
     p.events = json_array();
     mb_events_scan(cx->b, after_seq, mb__replay_page_cb, &p);
     mp_filter_free(p.filter);

@@ -42,6 +42,7 @@ static const struct cdef defs[] = {
     I("slow-consumer-ms", slow_consumer_ms, "10000", 100, 3600000, "disconnect a connection whose queue stays full this long"),
     I("resume-window-ms", resume_window_ms, "300000", 0, 86400000, "how long a dropped session (agents, subscriptions) waits for resume"),
     I("event-history", event_history, "10000", 100, 10000000, "events kept in memory for map/replay (older ones come from the store)"),
+    I("event-retention", event_retention, "1000000", 1000, 1LL << 40, "events kept in the store for map/replay; older ones are trimmed (replay before them is an error)"),
     I("event-history-bytes", event_history_bytes, "67108864", 1048576, 1LL << 36, "memory the in-memory event history may use (oldest events go first)"),
     I("max-connections", max_connections, "10000", 1, 1000000, "connections in total"),
     I("max-connections-per-ip", max_connections_per_ip, "1000", 1, 1000000, "connections from one address"),

@@ -22,6 +22,7 @@ typedef struct mb_config {
     long long resume_window_ms;
     long long event_history;
     long long event_history_bytes;
+    long long event_retention;
     long long max_connections;
     long long max_connections_per_ip;
     long long rate_limit;

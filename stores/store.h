@@ -183,6 +183,14 @@ struct mst_ops {
 
     /* Human-readable detail of the last MST_EIO / MST_ESCHEMA (borrowed, may be ""). */
     const char *(*last_error)(struct mst_store *st);
+
+    /* ---- methods above are version 1 ---- */
+    /* The position just before the first retained event whose id sorts after
+     * event_id (ids are ULIDs that sort like seq): *seq = that event's seq - 1,
+     * so scanning with after_seq = *seq resumes exactly after event_id even if
+     * that event itself was never stored. MST_ENOTFOUND if no retained event
+     * sorts after it. */
+    int (*event_seq_after_id)(struct mst_store *st, const char *event_id, uint64_t *seq);
 };
 
 /* Every backend's handle starts with this; the wrappers dispatch through it. */
@@ -227,6 +235,8 @@ static inline int mst_event_scan(struct mst_store *st, const struct mst_event_qu
 static inline int mst_event_last(struct mst_store *st, uint64_t *seq, char id[32]) { return st->ops->event_last(st, seq, id); }
 static inline int mst_event_seq_of(struct mst_store *st, const char *id, uint64_t *seq) { return st->ops->event_seq_of(st, id, seq); }
 static inline int mst_event_first_seq(struct mst_store *st, uint64_t *seq) { return st->ops->event_first_seq(st, seq); }
+static inline int mst_event_seq_after_id(struct mst_store *st, const char *id, uint64_t *seq)
+{ return st->ops->event_seq_after_id(st, id, seq); }
 static inline int mst_event_trim(struct mst_store *st, uint64_t upto) { return st->ops->event_trim(st, upto); }
 static inline int mst_audit_append(struct mst_store *st, const struct mst_audit *a) { return st->ops->audit_append(st, a); }
 static inline int mst_audit_scan(struct mst_store *st, const char *before, size_t limit, mst_audit_cb cb, void *arg)

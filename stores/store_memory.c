@@ -735,6 +735,26 @@ static int mm_event_seq_of(struct mst_store *st, const char *event_id, uint64_t 
     return MST_OK;
 }
 
+static int mm_event_seq_after_id(struct mst_store *st, const char *event_id, uint64_t *seq)
+{
+    struct mm_store *s = MM(st);
+    if (!event_id || !seq)
+        return MST_EINVAL;
+    /* retained events [ev_head, ev_n) are in seq order, and ids sort the same way */
+    size_t lo = s->ev_head, hi = s->ev_n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (strcmp(s->ev[mid]->e.id, event_id) <= 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == s->ev_n)
+        return MST_ENOTFOUND;
+    *seq = s->ev[lo]->e.seq - 1;
+    return MST_OK;
+}
+
 static int mm_event_first_seq(struct mst_store *st, uint64_t *seq)
 {
     struct mm_store *s = MM(st);
@@ -858,6 +878,7 @@ const struct mst_ops mst_memory_ops = {
     .event_last = mm_event_last,
     .event_seq_of = mm_event_seq_of,
     .event_first_seq = mm_event_first_seq,
+    .event_seq_after_id = mm_event_seq_after_id,
     .event_trim = mm_event_trim,
     .audit_append = mm_audit_append,
     .audit_scan = mm_audit_scan,

@@ -97,6 +97,7 @@ enum sq_stmt {
     SQ_EV_LAST,
     SQ_EV_SEQ_OF,
     SQ_EV_FIRST,
+    SQ_EV_AFTER_ID,
     SQ_EV_TRIM,
     SQ_AU_INS,
     SQ_AU_SCAN,
@@ -136,6 +137,7 @@ static const char *const sq__sql[SQ_NSTMT] = {
     [SQ_EV_LAST] = "SELECT seq, id FROM events ORDER BY seq DESC LIMIT 1",
     [SQ_EV_SEQ_OF] = "SELECT seq FROM events WHERE id = ?1",
     [SQ_EV_FIRST] = "SELECT seq FROM events ORDER BY seq ASC LIMIT 1",
+    [SQ_EV_AFTER_ID] = "SELECT seq FROM events WHERE id > ?1 ORDER BY id ASC LIMIT 1",
     [SQ_EV_TRIM] = "DELETE FROM events WHERE seq <= ?1",
     [SQ_AU_INS] = "INSERT INTO audit(" SQ_AU_COLS ") VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
     [SQ_AU_SCAN] = "SELECT " SQ_AU_COLS " FROM audit ORDER BY id DESC LIMIT ?1",
@@ -630,6 +632,23 @@ static int sq_event_seq_of(struct mst_store *st, const char *event_id, uint64_t 
     return MST_OK;
 }
 
+static int sq_event_seq_after_id(struct mst_store *st, const char *event_id, uint64_t *seq)
+{
+    struct sq_store *s = SQ(st);
+    if (!event_id || !seq)
+        return MST_EINVAL;
+    int64_t v;
+    size_t n;
+    int rc = sq__one_i64(s, SQ_EV_AFTER_ID, sq__bind_text(s->stmt[SQ_EV_AFTER_ID], 1, event_id), &v, &n,
+                         "event seq_after_id");
+    if (rc)
+        return rc;
+    if (!n)
+        return MST_ENOTFOUND;
+    *seq = (uint64_t)v - 1;
+    return MST_OK;
+}
+
 static int sq_event_first_seq(struct mst_store *st, uint64_t *seq)
 {
     struct sq_store *s = SQ(st);
@@ -1078,6 +1097,7 @@ const struct mst_ops mst_sqlite_ops = {
     .event_last = sq_event_last,
     .event_seq_of = sq_event_seq_of,
     .event_first_seq = sq_event_first_seq,
+    .event_seq_after_id = sq_event_seq_after_id,
     .event_trim = sq_event_trim,
     .audit_append = sq_audit_append,
     .audit_scan = sq_audit_scan,

@@ -194,3 +194,45 @@ btest('a bad meta.mail never fails map/send', async (ctx) => {
   }
   await box.waitFor(() => box.msgs.length === 4);
 });
+
+btest('event retention: replay from a trimmed position is an explicit error; unknown ids in range resume exactly', async (ctx) => {
+  const db = tmpdb();
+  const b = await ctx.broker({ store: db.uri, args: ['--event-retention', '1000', '--event-history', '100', '--durability', 'normal'] });
+  const raw = await RawWs.open(b.url);
+  await raw.connect({ participantId: 'ret-client' });
+  const cid = (await raw.rpc('mail/create', { subject: 'retention' })).conversation.id;
+  const first = await raw.rpc('map/replay', { limit: 1 });
+  const earliest = first.events[0].eventId;
+  const pending = [];
+  for (let i = 0; i < 1300; i++) pending.push(raw.rpc('mail/turn', { conversationId: cid, contentType: 'data', content: { i } }));
+  await Promise.all(pending);
+  // trimming runs in housekeeping (every second)
+  let err;
+  for (let i = 0; i < 40 && !err; i++) {
+    await sleep(250);
+    const r = await raw.call('map/replay', { afterEventId: earliest, limit: 5 });
+    if (r.error) err = r.error;
+  }
+  assert.ok(err, 'replay from a trimmed position fails');
+  assert.equal(err.code, -32602);
+  assert.equal(err.data.field, 'afterEventId');
+  assert.match(err.message, /retention/);
+  // A client's last seen event may be a message_* event, which is never stored.
+  // After a restart, replay from it resumes with the next stored event.
+  const agentConn = await RawWs.open(b.url);
+  await agentConn.connect({ participantType: 'agent' });
+  await agentConn.rpc('map/agents/register', { agentId: 'ret-agent' });
+  await raw.rpc('map/send', { to: { agent: 'ret-agent' }, payload: { x: 1 } });
+  const sent = await raw.rpc('map/replay', { limit: 1000, filter: { eventTypes: ['message_sent'] } });
+  const lastSeen = sent.events.at(-1).eventId;
+  const t = await raw.rpc('mail/turn', { conversationId: cid, contentType: 'text', content: { text: 'after the send' } });
+  await b.stop();
+  const b2 = await ctx.broker({ store: db.uri, args: ['--event-retention', '1000', '--event-history', '100'] });
+  const raw2 = await RawWs.open(b2.url);
+  await raw2.connect({ participantId: 'ret-client' });
+  const after = await raw2.rpc('map/replay', { afterEventId: lastSeen, limit: 5, filter: { eventTypes: ['mail.turn.added'] } });
+  assert.equal(after.events[0].event.data.turn.id, t.turn.id, 'resumes right after the unstored event');
+  const bad = await raw2.call('map/replay', { afterEventId: 'not-an-id' });
+  assert.equal(bad.error.code, -32602);
+  fs.rmSync(db.dir, { recursive: true, force: true });
+});

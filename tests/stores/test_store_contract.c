@@ -671,6 +671,14 @@ static void test_events(void **state)
     assert_int_equal(mst_event_seq_of(st, "E99", &v), MST_ENOTFOUND);
     assert_int_equal(mst_event_first_seq(st, &v), MST_OK);
     assert_int_equal(v, 1);
+    /* resume after an id that was never stored: by id order */
+    assert_int_equal(mst_event_seq_after_id(st, "E00000006", &v), MST_OK);
+    assert_int_equal(v, 6);
+    assert_int_equal(mst_event_seq_after_id(st, "E000000065", &v), MST_OK); /* between 6 and 7 */
+    assert_int_equal(v, 6);
+    assert_int_equal(mst_event_seq_after_id(st, "A", &v), MST_OK); /* before everything */
+    assert_int_equal(v, 0);
+    assert_int_equal(mst_event_seq_after_id(st, "E00000010", &v), MST_ENOTFOUND);
 
     /* duplicate seq, duplicate id */
     assert_int_equal(add_event(st, 5, NULL), MST_EEXIST);
