@@ -39,7 +39,7 @@ static const struct cdef defs[] = {
     I("max-depth", max_depth, "64", 2, 1000, "deepest JSON nesting accepted"),
     I("queue-max-bytes", queue_max_bytes, "16777216", 65536, 1LL << 34, "per-connection outbound queue limit, bytes"),
     I("queue-max-count", queue_max_count, "10000", 16, 10000000, "per-connection outbound queue limit, messages"),
-    I("slow-consumer-ms", slow_consumer_ms, "10000", 100, 3600000, "disconnect a connection whose queue stays full this long"),
+    I("slow-consumer-ms", slow_consumer_ms, "10000", 100, 3600000, "disconnect a connection that has data queued but accepts none for this long (slow consumer)"),
     I("resume-window-ms", resume_window_ms, "300000", 0, 86400000, "how long a dropped session (agents, subscriptions) waits for resume"),
     I("event-history", event_history, "10000", 100, 10000000, "events kept in memory for map/replay (older ones come from the store)"),
     I("event-retention", event_retention, "1000000", 1000, 1LL << 40, "events kept in the store for map/replay; older ones are trimmed (replay before them is an error)"),
