@@ -130,6 +130,7 @@ struct mc_client {
     struct lws_context *ctx;
     struct lws *wsi;
     int link_up;       /* an attempt is in progress or established */
+    uintptr_t gen;     /* attempt number, stored as each wsi's opaque user data */
     int want_close;    /* close after the queue drains */
     int destroying;
     lws_sorted_usec_list_t wake;
@@ -235,8 +236,21 @@ static void mc__item_free(mc__item *it)
     free(it);
 }
 
+static int mc__debug(void)
+{
+    static int d = -1;
+    if (d < 0) {
+        const char *e = getenv("MC_DEBUG");
+        d = e && *e && strcmp(e, "0");
+    }
+    return d;
+}
+
 static void mc__set_state(mc_client *c, mc_state st, const char *detail)
 {
+    if (mc__debug())
+        fprintf(stderr, "[mapclient] state %d -> %d (%s) gen %lu\n", (int)c->state, (int)st, detail ? detail : "",
+                (unsigned long)c->gen);
     if (c->state == st)
         return;
     c->state = st;
@@ -908,6 +922,15 @@ static int mc__lws_cb(struct lws *wsi, enum lws_callback_reasons reason, void *u
     mc_client *c = cx ? lws_context_user(cx) : NULL;
     if (!c || c->destroying)
         return 0;
+    if (mc__debug() && reason != LWS_CALLBACK_CLIENT_RECEIVE && reason != LWS_CALLBACK_CLIENT_WRITEABLE)
+        fprintf(stderr, "[mapclient] lws reason %d wsi %p gen %lu/%lu link %d\n", (int)reason, (void *)wsi,
+                (unsigned long)(uintptr_t)lws_get_opaque_user_data(wsi), (unsigned long)c->gen, c->link_up);
+    /* Only the wsi of the current attempt may touch the client. A wsi from an
+     * earlier attempt (its WSI_DESTROY can come late, even from inside the next
+     * lws_client_connect_via_info) is ignored; if it still wants to talk, close it. */
+    if ((uintptr_t)lws_get_opaque_user_data(wsi) != c->gen || !c->link_up)
+        return reason == LWS_CALLBACK_CLIENT_WRITEABLE || reason == LWS_CALLBACK_CLIENT_RECEIVE ? -1 : 0;
+    c->wsi = wsi;
     switch (reason) {
     case LWS_CALLBACK_CLIENT_CONNECTION_ERROR: {
         char why[200];
@@ -915,12 +938,10 @@ static int mc__lws_cb(struct lws *wsi, enum lws_callback_reasons reason, void *u
         if (!c->hs_failed)
             mp_err_set(&c->hs_err, MC_ERR_CONNECT, NULL, "%s", why);
         c->hs_failed = 1;
-        if (!c->wsi || c->wsi == wsi)
-            mc__on_drop(c, why);
+        mc__on_drop(c, why);
         return 0;
     }
     case LWS_CALLBACK_CLIENT_ESTABLISHED:
-        c->wsi = wsi;
         mc__set_state(c, MC_STATE_HANDSHAKE, NULL);
         mc__hs_start(c);
         return 0;
@@ -980,12 +1001,8 @@ static int mc__lws_cb(struct lws *wsi, enum lws_callback_reasons reason, void *u
         return 0;
     }
     case LWS_CALLBACK_CLIENT_CLOSED:
-        if (c->wsi == wsi)
-            mc__on_drop(c, "connection closed");
-        return 0;
     case LWS_CALLBACK_WSI_DESTROY:
-        if (c->wsi == wsi || (!c->wsi && c->link_up && c->state == MC_STATE_CONNECTING))
-            mc__on_drop(c, "connection closed");
+        mc__on_drop(c, "connection closed");
         return 0;
     default:
         return 0;
@@ -1020,6 +1037,7 @@ static void mc__open(mc_client *c)
     c->want_close = 0;
     c->link_up = 1;
     c->wsi = NULL;
+    ci.opaque_user_data = (void *)++c->gen;
     c->attempt_deadline_us = mc__now_us() + (int64_t)c->connect_timeout_ms * 1000;
     mc__set_state(c, MC_STATE_CONNECTING, NULL);
     struct lws *w = lws_client_connect_via_info(&ci);
@@ -1030,7 +1048,7 @@ static void mc__open(mc_client *c)
         mc__on_drop(c, "cannot connect");
         return;
     }
-    if (c->link_up && !c->wsi)
+    if (c->link_up && (uintptr_t)ci.opaque_user_data == c->gen)
         c->wsi = w;
 }
 
@@ -1092,7 +1110,10 @@ static void mc__pump(mc_client *c, int timeout_ms)
     int64_t wait = until - now;
     if (c->in_head && !c->dispatching)
         wait = 0;
-    if (wait <= 0) {
+    /* lws 4.1 services a sul that is already ripe *before* it computes the poll
+     * timeout, and then waits for the next lws-internal timer (~30 s). A wake-up
+     * that is due (almost) now must therefore be a non-blocking service. */
+    if (wait <= 2000) {
         lws_service(c->ctx, -1);
     } else {
         lws_sul_schedule(c->ctx, 0, &c->wake, mc__wake_cb, (lws_usec_t)wait);
