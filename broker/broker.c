@@ -96,6 +96,10 @@ void mb_broker_housekeeping(mb_broker *b)
     while (e) {
         mb_map_ent *next = mb_map_next(e);
         mb_session *s = mb_map_val(e);
+        if (s->wsi && s->rx_too_big > 0 && now - s->rx_last >= 200) {
+            s->rx_too_big = -1; /* once */
+            mb_session_close_after_flush(s, 1009, "message too large");
+        }
         if (s->detached && now - s->detached_at >= b->cfg->resume_window_ms) {
             mb_info(s->session_id, "resume window over; session ended");
             mb_session_destroy(s, "resume_window_expired");

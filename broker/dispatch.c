@@ -9,7 +9,7 @@ static const mb_method *const *mb__tables(void)
 {
     static const mb_method *const tables[] = {mb_methods_conn,   mb_methods_agents, mb_methods_scopes,
                                               mb_methods_send,   mb_methods_events, mb_methods_mail,
-                                              mb_methods_federation, mb_methods_auth, NULL};
+                                              mb_methods_federation, mb_methods_audit, mb_methods_auth, NULL};
     return tables;
 }
 

@@ -456,9 +456,7 @@ static json_t *mb__record_turn(mb_broker *b, mb_conv *c, struct mb__turn_spec *s
     if (sp->visibility && !json_is_null(sp->visibility))
         json_object_set(t, "visibility", sp->visibility);
     json_object_set_new(t, "status", json_string("complete"));
-    json_object_set(t, "metadata", json_is_object(sp->metadata) ? sp->metadata : json_object());
-    if (!json_is_object(sp->metadata))
-        json_object_set_new(t, "metadata", json_object());
+    json_object_set_new(t, "metadata", json_is_object(sp->metadata) ? json_incref(sp->metadata) : json_object());
     if (mb_txn(b)) {
         json_decref(t);
         return NULL;

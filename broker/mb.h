@@ -116,6 +116,7 @@ struct mb_session {
     size_t rx_len, rx_cap;
     int rx_too_big;               /* discarding an oversize message until its end */
     size_t rx_discarded;
+    int64_t rx_last;              /* ms of the last discarded chunk */
     /* outbound queue */
     mb_qent *q_head, *q_tail;
     size_t q_count, q_bytes;
@@ -261,6 +262,7 @@ extern const mb_method mb_methods_send[];
 extern const mb_method mb_methods_events[];
 extern const mb_method mb_methods_mail[];
 extern const mb_method mb_methods_federation[];
+extern const mb_method mb_methods_audit[];
 
 /* Convenience for handlers: set cx->err and return its code. */
 #define MB_FAIL(cx, code, field, ...) mp_err_set(&(cx)->err, (code), (field), __VA_ARGS__)

@@ -57,10 +57,14 @@ static int mb__rx(mb_session *s, struct lws *wsi, const char *in, size_t len)
     size_t cap = (size_t)(s->authenticated || !b->auth ? b->cfg->max_message : b->cfg->max_message_preauth);
     int final = lws_is_final_fragment(wsi) && !lws_remaining_packet_payload(wsi);
     if (s->rx_too_big || s->rx_len + len > cap) {
+        if (s->rx_too_big < 0)
+            return 0; /* close already scheduled: keep discarding */
         /* Refuse before buffering (lws puts no limit on message size), but read
          * the rest of this message without keeping it, and close at its end:
          * closing while the peer is still sending lets its RST overtake our
-         * close frame. A peer that keeps going past 64x the cap is cut off. */
+         * close frame. A peer that stops sending mid-message is closed by
+         * housekeeping after a short quiet period; one that keeps going past
+         * 64x the cap is cut off. */
         if (!s->rx_too_big) {
             mb_warn(s->session_id, "message over %zu bytes from %s; closing with 1009", cap, s->peer);
             b->stats.oversize_closed++;
@@ -70,6 +74,7 @@ static int mb__rx(mb_session *s, struct lws *wsi, const char *in, size_t len)
         }
         s->rx_too_big += 1;
         s->rx_discarded += len;
+        s->rx_last = mb_now(); /* housekeeping closes it once the peer goes quiet */
         if (final || s->rx_discarded > 64 * cap) {
             static const char reason[] = "message too large";
             lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *)reason, sizeof reason - 1);
