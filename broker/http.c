@@ -295,7 +295,9 @@ static json_t *mb__call(mb_broker *b, struct lws *wsi, mb_pss *pss, mb_session *
     const mb_method *m = mb_method_find(method);
     mb_ctx cx = {.b = b, .s = who, .method = method, .params = params};
     mp_err_clear(&cx.err);
-    int rc = m ? m->fn(&cx) : MB_FAIL(&cx, MP_METHOD_NOT_FOUND, NULL, "no handler for %s", method);
+    int rc = !m ? MB_FAIL(&cx, MP_METHOD_NOT_FOUND, NULL, "no handler for %s", method)
+                : mb_auth_check_method(&cx, m) ? cx.err.code
+                                               : m->fn(&cx);
     json_decref(params);
     if (cx.after)
         cx.after(NULL, cx.after_arg);
@@ -615,19 +617,6 @@ static int mb__route_agents(mb_broker *b, struct lws *wsi, mb_pss *pss, mb_sessi
     return mb__error(wsi, pss, 404, "not_found", "no such endpoint");
 }
 
-struct mb__aud {
-    json_t *out;
-};
-
-static int mb__aud_cb(void *arg, const struct mst_audit *a)
-{
-    struct mb__aud *x = arg;
-    json_t *e = json_loadb(a->json, a->len, 0, NULL);
-    if (e)
-        json_array_append_new(x->out, e);
-    return 0;
-}
-
 static int mb__route(mb_broker *b, struct lws *wsi, mb_pss *pss, int method, const char *uri)
 {
     if (!strcmp(uri, "/healthz") || !strcmp(uri, "/metrics"))
@@ -651,22 +640,15 @@ static int mb__route(mb_broker *b, struct lws *wsi, mb_pss *pss, int method, con
     } else if (!strcmp(path, "agents") || !strncmp(path, "agents/", 7)) {
         rc = mb__route_agents(b, wsi, pss, &who, method, path + (path[6] ? 7 : 6));
     } else if (!strcmp(path, "audit")) {
-        if (b->auth && !who.principal.operator_)
-            rc = mb__error(wsi, pss, 403, "forbidden", "the audit log needs an operator principal");
+        long long limit;
+        char before[64];
+        if (mb__int_arg(wsi, "limit", 100, 1, 1000, &limit))
+            rc = mb__error(wsi, pss, 400, "limit", "limit must be an integer from 1 to 1000");
         else {
-            long long limit;
-            char before[64];
-            if (mb__int_arg(wsi, "limit", 100, 1, 1000, &limit))
-                rc = mb__error(wsi, pss, 400, "limit", "limit must be an integer from 1 to 1000");
-            else {
-                struct mb__aud a = {.out = json_array()};
-                const char *bf = mb__arg(wsi, "before", before, sizeof before);
-                mst_audit_scan(b->store, bf, (size_t)limit + 1, mb__aud_cb, &a);
-                int more = json_array_size(a.out) > (size_t)limit;
-                if (more)
-                    json_array_remove(a.out, json_array_size(a.out) - 1);
-                rc = mb__json(wsi, pss, 200, json_pack("{s:o, s:b}", "entries", a.out, "hasMore", more));
-            }
+            json_t *p = json_pack("{s:I}", "limit", (json_int_t)limit);
+            if (mb__arg(wsi, "before", before, sizeof before))
+                json_object_set_new(p, "before", json_string(before));
+            rc = mb__reply(wsi, pss, mb__call(b, wsi, pss, &who, "x-mapbroker/audit/list", p));
         }
     } else {
         rc = mb__error(wsi, pss, 404, "not_found", "no such endpoint: %s", uri);
