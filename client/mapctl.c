@@ -117,7 +117,8 @@ static const char *USAGE =
     "  send --to AGENT --text TEXT [--wait S]  send {text} to an agent (map/send)\n"
     "  inject AGENT TEXT              inject {text} into an agent (map/inject)\n"
     "  stop AGENT [--reason R]        ask an agent to stop (map/agents/stop)\n"
-    "  audit                          print the audit log (if the broker offers it over MAP)\n"
+    "  audit                          print the audit log (x-mapbroker/audit/list)\n"
+    "  token create --conversation ID [--ttl 1h]  mint a scoped short-lived token\n"
     "\n"
     "Run 'mapctl COMMAND --help' for a command's options.\n"
     "Exit codes: 0 ok, 1 MAP/JSON-RPC error, 2 usage, 3 cannot connect.\n";
@@ -144,8 +145,13 @@ static const struct {
     {"stop", "Usage: mapctl [global options] stop AGENT [--reason REASON]\n\n"
              "Ask an agent to stop (map/agents/stop).\n"},
     {"audit", "Usage: mapctl [global options] audit\n\n"
-              "Print the broker's audit log. Needs a broker that offers it as a MAP method;\n"
-              "otherwise reports that it is not supported (exit 1).\n"},
+              "Print the broker's audit log, newest first (x-mapbroker/audit/list; operator only\n"
+              "when the broker requires authentication).\n"},
+    {"token", "Usage: mapctl [global options] token create --conversation ID [--conversation ID ...]\n"
+              "                                        [--ttl 1h] [--agent PATTERN ...]\n\n"
+              "Mint a short-lived token scoped to those conversations (and agent id patterns),\n"
+              "e.g. for a task's callbacks. Signed by the broker; needs an operator principal.\n"
+              "  --ttl D   lifetime: 1h (default), 30m, 45s, 2d or milliseconds\n"},
 };
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -599,9 +605,8 @@ static int cmd_stop(mc_client *c, int argc, char **argv)
     return EX_OK;
 }
 
-/* The broker keeps an audit log in its store but (as of this writing) exposes no
- * MAP method for it. Probe the method this client would use; -32601 means the
- * broker does not offer it. */
+/* The broker's audit log over MAP (operator only when the broker has auth on);
+ * a broker without the method answers -32601. */
 #define AUDIT_METHOD "x-mapbroker/audit/list"
 
 static int cmd_audit(mc_client *c, int argc, char **argv)
@@ -623,10 +628,79 @@ static int cmd_audit(mc_client *c, int argc, char **argv)
     return EX_OK;
 }
 
+/* "1h", "30m", "45s", "500ms" or plain milliseconds -> ms; -1 if malformed. */
+static long long parse_ttl(const char *s)
+{
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    if (end == s || v <= 0)
+        return -1;
+    if (!*end || !strcmp(end, "ms"))
+        return v;
+    if (!strcmp(end, "s"))
+        return v * 1000;
+    if (!strcmp(end, "m"))
+        return v * 60000;
+    if (!strcmp(end, "h"))
+        return v * 3600000;
+    if (!strcmp(end, "d"))
+        return v * 86400000;
+    return -1;
+}
+
+/* mapctl token create --conversation ID [--conversation ID2 ...] [--ttl 1h] [--agent PATTERN ...]:
+ * a short-lived token scoped to those conversations (x-mapbroker/token/create, operator only). */
+static int cmd_token(mc_client *c, int argc, char **argv)
+{
+    if (argc < 1 || strcmp(argv[0], "create"))
+        return usage_error("token: the only subcommand is `create`");
+    json_t *convs = json_array(), *agents = json_array();
+    long long ttl = 3600000;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--conversation") && i + 1 < argc)
+            json_array_append_new(convs, json_string(argv[++i]));
+        else if (!strcmp(argv[i], "--agent") && i + 1 < argc)
+            json_array_append_new(agents, json_string(argv[++i]));
+        else if (!strcmp(argv[i], "--ttl") && i + 1 < argc) {
+            if ((ttl = parse_ttl(argv[++i])) < 0) {
+                json_decref(convs);
+                json_decref(agents);
+                return usage_error("--ttl takes a duration like 1h, 30m, 45s or milliseconds");
+            }
+        } else {
+            json_decref(convs);
+            json_decref(agents);
+            return usage_error("token create: unknown option %s", argv[i]);
+        }
+    }
+    if (!json_array_size(convs)) {
+        json_decref(convs);
+        json_decref(agents);
+        return usage_error("token create needs --conversation ID");
+    }
+    json_t *params = json_pack("{s:o, s:I}", "conversationIds", convs, "ttlMs", (json_int_t)ttl);
+    if (json_array_size(agents))
+        json_object_set_new(params, "agents", agents);
+    else
+        json_decref(agents);
+    json_t *res;
+    mp_err e;
+    int rc = mc_call(c, "x-mapbroker/token/create", params, TIMEOUT_MS, &res, &e);
+    if (rc)
+        return map_error("x-mapbroker/token/create", rc, &e);
+    if (g.json)
+        print_json(res);
+    else
+        printf("%s\n", str(res, "token", ""));
+    json_decref(res);
+    return EX_OK;
+}
+
 static const struct {
     const char *name;
     int (*fn)(mc_client *, int, char **);
 } CMDS[] = {
+    {"token", cmd_token},
     {"agents", cmd_agents}, {"conversations", cmd_conversations}, {"turns", cmd_turns}, {"tail", cmd_tail},
     {"send", cmd_send},     {"inject", cmd_inject},               {"stop", cmd_stop},   {"audit", cmd_audit},
 };

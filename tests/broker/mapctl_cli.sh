@@ -14,7 +14,7 @@ contains() { # contains TEXT DESCRIPTION
 }
 
 expect 0 "global --help" -- "$m" --help;               contains "Usage: mapctl" "global help text"
-for c in agents conversations turns tail send inject stop audit; do
+for c in agents conversations turns tail send inject stop audit token; do
   expect 0 "$c --help" -- "$m" "$c" --help;            contains "Usage: mapctl" "$c help text"
 done
 expect 2 "no command" -- "$m"
@@ -40,7 +40,11 @@ expect 0 "inject" -- "$m" --url "$url" inject cli-echo "steer left"; contains "i
 expect 1 "inject unknown agent" -- "$m" --url "$url" inject nobody x
 expect 1 "turns of unknown conversation" -- "$m" --url "$url" turns conv-nope
 expect 0 "conversations" -- "$m" --url "$url" conversations
-expect 1 "audit" -- "$m" --url "$url" audit;            contains "not supported by this broker" "audit explains"
+expect 0 "audit" -- "$m" --url "$url" --json audit;     contains '"action": "map/inject"' "audit lists the inject"
+# this broker runs in open development mode: minting needs authentication on (tested in tests/security)
+expect 1 "token create without auth" -- "$m" --url "$url" token create --conversation conv-x --ttl 30m; contains "needs authentication" "minting refused clearly"
+expect 2 "token without create" -- "$m" --url "$url" token
+expect 2 "token create with a bad ttl" -- "$m" --url "$url" token create --conversation c --ttl soon
 expect 0 "stop" -- "$m" --url "$url" stop cli-echo --reason done; contains "stopping" "stop printed"
 for _ in $(seq 50); do kill -0 $epid 2>/dev/null || break; sleep 0.1; done
 if kill -0 $epid 2>/dev/null; then echo "FAIL: echo agent did not exit after stop"; kill $epid; fails=$((fails+1)); else echo "ok: echo agent exited after stop"; fi
