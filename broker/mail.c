@@ -660,11 +660,9 @@ static mb_conv *mb__create_conv(mb_broker *b, const char *type, const char *subj
     char id[48];
     mb_new_id(b, "conv-", id, sizeof id);
     int64_t now = mb_now();
-    json_t *doc = json_pack("{s:s, s:s, s:s, s:i, s:I, s:I, s:s, s:O}", "id", id, "type", type, "status", "active",
+    json_t *doc = json_pack("{s:s, s:s, s:s, s:i, s:I, s:I, s:s, s:o}", "id", id, "type", type, "status", "active",
                             "participantCount", 0, "createdAt", (json_int_t)now, "updatedAt", (json_int_t)now,
-                            "createdBy", creator, "metadata", metadata ? metadata : json_object());
-    if (!metadata)
-        json_object_set_new(doc, "metadata", json_object());
+                            "createdBy", creator, "metadata", metadata ? json_incref(metadata) : json_object());
     if (subject)
         json_object_set_new(doc, "subject", json_string(subject));
     if (parent)
