@@ -190,18 +190,30 @@ static int mb__status_for(int code)
     }
 }
 
-static int mb__error(struct lws *wsi, mb_pss *pss, int status, const char *code, const char *fmt, ...)
+/* A JSON error: {"error": {"code", "message", "field"?}}; code follows the
+ * HTTP status, field (may be NULL) names the offending parameter. */
+static int mb__error(struct lws *wsi, mb_pss *pss, int status, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
-static int mb__error(struct lws *wsi, mb_pss *pss, int status, const char *code, const char *fmt, ...)
+static int mb__error(struct lws *wsi, mb_pss *pss, int status, const char *field, const char *fmt, ...)
 {
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    const char *code = status == 400   ? "bad_request"
+                       : status == 401 ? "unauthorized"
+                       : status == 403 ? "forbidden"
+                       : status == 404 ? "not_found"
+                       : status == 405 ? "method_not_allowed"
+                       : status == 409 ? "conflict"
+                       : status == 503 ? "unavailable"
+                                       : "internal";
     json_t *e = json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", msg);
     if (!e) /* message not valid UTF-8 (echoed input): say less */
         e = json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", "invalid request");
+    if (field && *field && strcmp(field, code))
+        json_object_set_new(json_object_get(e, "error"), "field", json_string(field));
     return mb__json(wsi, pss, status, e);
 }
 
@@ -263,7 +275,7 @@ static int mb__http_auth(mb_broker *b, struct lws *wsi, mb_pss *pss, mb_session 
     snprintf(who->session_id, sizeof who->session_id, "http");
     if (!b->auth) {
         if (strcmp(b->cfg->anonymous, "any") && !(strcmp(b->cfg->anonymous, "loopback") == 0 && mb__loopback(pss->ip)))
-            return mb__error(wsi, pss, 401, "unauthorized", "anonymous access is not allowed from %s", pss->ip), 1;
+            return mb__error(wsi, pss, 401, NULL, "anonymous access is not allowed from %s", pss->ip), 1;
         /* open development mode: the local operator */
         snprintf(who->participant_id, sizeof who->participant_id, "http");
         snprintf(who->principal.id, sizeof who->principal.id, "anonymous");
@@ -278,11 +290,11 @@ static int mb__http_auth(mb_broker *b, struct lws *wsi, mb_pss *pss, mb_session 
     else if (mb__arg(wsi, "access_token", tok, sizeof tok)) /* EventSource cannot set headers */
         cred = tok;
     if (!cred)
-        return mb__error(wsi, pss, 401, "unauthorized", "missing credential (Authorization: Bearer KEY)"), 1;
+        return mb__error(wsi, pss, 401, NULL, "missing credential (Authorization: Bearer KEY)"), 1;
     const char *code;
     char msg[256];
     if (mb_auth_verify(b, who, "bearer", cred, NULL, &who->principal, &code, msg, sizeof msg))
-        return mb__error(wsi, pss, 401, "unauthorized", "%s", msg), 1;
+        return mb__error(wsi, pss, 401, NULL, "%s", msg), 1;
     who->authenticated = 1;
     snprintf(who->participant_id, sizeof who->participant_id, "%s", who->principal.id);
     return 0;
@@ -303,7 +315,7 @@ static json_t *mb__call(mb_broker *b, struct lws *wsi, mb_pss *pss, mb_session *
         cx.after(NULL, cx.after_arg);
     if (rc) {
         json_decref(cx.result);
-        mb__error(wsi, pss, mb__status_for(cx.err.code), cx.err.field[0] ? cx.err.field : "error", "%s", cx.err.message);
+        mb__error(wsi, pss, mb__status_for(cx.err.code), cx.err.field[0] ? cx.err.field : NULL, "%s", cx.err.message);
         return NULL;
     }
     return cx.result ? cx.result : json_object();
@@ -341,12 +353,12 @@ static int mb__static(mb_broker *b, struct lws *wsi, mb_pss *pss, const char *na
 {
     for (const char *p = name; *p; p++)
         if (!(isalnum((unsigned char)*p) || *p == '.' || *p == '-' || *p == '_') || (p[0] == '.' && p[1] == '.'))
-            return mb__error(wsi, pss, 404, "not_found", "no such file");
+            return mb__error(wsi, pss, 404, NULL, "no such file");
     char path[1024];
     snprintf(path, sizeof path, "%s/%s", mb__static_dir(b), name);
     FILE *f = fopen(path, "rb");
     if (!f)
-        return mb__error(wsi, pss, 404, "not_found", "no such file: %s", name);
+        return mb__error(wsi, pss, 404, NULL, "no such file: %s", name);
     fseek(f, 0, SEEK_END);
     long n = ftell(f);
     fseek(f, 0, SEEK_SET);
@@ -354,7 +366,7 @@ static int mb__static(mb_broker *b, struct lws *wsi, mb_pss *pss, const char *na
     if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) {
         fclose(f);
         free(buf);
-        return mb__error(wsi, pss, 500, "internal", "cannot read %s", name);
+        return mb__error(wsi, pss, 500, NULL, "cannot read %s", name);
     }
     fclose(f);
     const char *ext = strrchr(name, '.');
@@ -387,6 +399,7 @@ static int mb__sse_open(mb_broker *b, struct lws *wsi, mb_pss *pss, mb_session *
     s->authenticated = who->authenticated;
     snprintf(s->participant_id, sizeof s->participant_id, "%s", who->participant_id);
     pss->s = s;
+    lws_set_timeout(wsi, NO_PENDING_TIMEOUT, 0); /* a stream, not a transaction: no lws deadline */
     /* Last-Event-ID ("<epoch>:<seq>") wins over ?after= */
     char lei[128] = "", after[128] = "", epoch[128] = "";
     const char *a = mb__arg(wsi, "after", after, sizeof after);
@@ -466,7 +479,7 @@ static int mb__route_conversations(mb_broker *b, struct lws *wsi, mb_pss *pss, m
     /* rest: "" | "<id>" | "<id>/<sub>" */
     if (!*rest) {
         if (method != LWSHUMETH_GET)
-            return mb__error(wsi, pss, 405, "method_not_allowed", "use GET");
+            return mb__error(wsi, pss, 405, NULL, "use GET");
         char st[64], ty[64], part[MB_ID_BUF + 8], parent[MB_ID_BUF + 8], cur[MB_ID_BUF + 8];
         long long limit;
         if (mb__int_arg(wsi, "limit", 50, 1, 1000, &limit))
@@ -492,7 +505,7 @@ static int mb__route_conversations(mb_broker *b, struct lws *wsi, mb_pss *pss, m
         return mb__error(wsi, pss, 400, "id", "malformed conversation id");
     if (!sub || !*sub) {
         if (method != LWSHUMETH_GET)
-            return mb__error(wsi, pss, 405, "method_not_allowed", "use GET");
+            return mb__error(wsi, pss, 405, NULL, "use GET");
         json_t *r = mb__call(b, wsi, pss, who, "mail/get",
                              json_pack("{s:s, s:{s:b, s:b, s:b}}", "conversationId", rest, "include", "participants", 1,
                                        "threads", 1, "children", 1));
@@ -500,7 +513,7 @@ static int mb__route_conversations(mb_broker *b, struct lws *wsi, mb_pss *pss, m
     }
     if (!strcmp(sub, "close")) {
         if (method != LWSHUMETH_POST)
-            return mb__error(wsi, pss, 405, "method_not_allowed", "use POST");
+            return mb__error(wsi, pss, 405, NULL, "use POST");
         json_t *body = pss->h && pss->h->in_len ? json_loadb(pss->h->in, pss->h->in_len, 0, NULL) : json_object();
         if (!json_is_object(body)) {
             json_decref(body);
@@ -510,11 +523,11 @@ static int mb__route_conversations(mb_broker *b, struct lws *wsi, mb_pss *pss, m
         return mb__reply(wsi, pss, mb__call(b, wsi, pss, who, "mail/close", body));
     }
     if (method != LWSHUMETH_GET)
-        return mb__error(wsi, pss, 405, "method_not_allowed", "use GET");
+        return mb__error(wsi, pss, 405, NULL, "use GET");
     if (!strcmp(sub, "stream")) {
         mb_conv *c = mb_conv_get(b, rest);
         if (!c)
-            return mb__error(wsi, pss, 404, "not_found", "conversation not found: %s", rest);
+            return mb__error(wsi, pss, 404, NULL, "conversation not found: %s", rest);
         return mb__sse_open(b, wsi, pss, who, rest);
     }
     if (!strcmp(sub, "threads"))
@@ -545,13 +558,13 @@ static int mb__route_conversations(mb_broker *b, struct lws *wsi, mb_pss *pss, m
             json_object_set(r, "nextCursor", json_object_get(json_array_get(turns, json_array_size(turns) - 1), "seq"));
         return mb__reply(wsi, pss, r);
     }
-    return mb__error(wsi, pss, 404, "not_found", "no such endpoint");
+    return mb__error(wsi, pss, 404, NULL, "no such endpoint");
 }
 
 static int mb__route_agents(mb_broker *b, struct lws *wsi, mb_pss *pss, mb_session *who, int method, char *rest)
 {
     if (method != LWSHUMETH_GET)
-        return mb__error(wsi, pss, 405, "method_not_allowed", "use GET");
+        return mb__error(wsi, pss, 405, NULL, "use GET");
     if (!*rest) {
         char st[64], role[MB_ID_BUF], cur[MB_ID_BUF + 8];
         long long limit;
@@ -589,7 +602,7 @@ static int mb__route_agents(mb_broker *b, struct lws *wsi, mb_pss *pss, mb_sessi
         return mb__reply(wsi, pss, mb__call(b, wsi, pss, who, "map/agents/get", json_pack("{s:s}", "agentId", rest)));
     if (!strcmp(sub, "messages")) {
         if (!mb_agent_get(b, rest))
-            return mb__error(wsi, pss, 404, "not_found", "agent not found: %s", rest);
+            return mb__error(wsi, pss, 404, NULL, "agent not found: %s", rest);
         long long limit;
         char before[64] = "";
         if (mb__int_arg(wsi, "limit", 50, 1, 1000, &limit))
@@ -614,7 +627,7 @@ static int mb__route_agents(mb_broker *b, struct lws *wsi, mb_pss *pss, mb_sessi
         json_decref(m.out);
         return mb__json(wsi, pss, 200, json_pack("{s:o, s:b}", "messages", page, "hasMore", more));
     }
-    return mb__error(wsi, pss, 404, "not_found", "no such endpoint");
+    return mb__error(wsi, pss, 404, NULL, "no such endpoint");
 }
 
 static int mb__route(mb_broker *b, struct lws *wsi, mb_pss *pss, int method, const char *uri)
@@ -626,7 +639,7 @@ static int mb__route(mb_broker *b, struct lws *wsi, mb_pss *pss, int method, con
     if (!strncmp(uri, "/dashboard/", 11))
         return mb__static(b, wsi, pss, uri + 11);
     if (strncmp(uri, "/api/", 5))
-        return mb__error(wsi, pss, 404, "not_found", "no such endpoint (see /api/conversations, /api/agents, /healthz)");
+        return mb__error(wsi, pss, 404, NULL, "no such endpoint (see /api/conversations, /api/agents, /healthz)");
     mb_session who;
     if (mb__http_auth(b, wsi, pss, &who))
         return 0;
@@ -651,7 +664,7 @@ static int mb__route(mb_broker *b, struct lws *wsi, mb_pss *pss, int method, con
             rc = mb__reply(wsi, pss, mb__call(b, wsi, pss, &who, "x-mapbroker/audit/list", p));
         }
     } else {
-        rc = mb__error(wsi, pss, 404, "not_found", "no such endpoint: %s", uri);
+        rc = mb__error(wsi, pss, 404, NULL, "no such endpoint: %s", uri);
     }
     mb_auth_principal_clear(&who.principal);
     return rc;
@@ -672,7 +685,7 @@ int mb_http_on_request(mb_broker *b, struct lws *wsi, mb_pss *pss, const char *u
         return 0;
     }
     if (method != LWSHUMETH_GET && method != LWSHUMETH_HEAD)
-        return mb__error(wsi, pss, 405, "method_not_allowed", "only GET and POST are supported");
+        return mb__error(wsi, pss, 405, NULL, "only GET and POST are supported");
     return mb__route(b, wsi, pss, LWSHUMETH_GET, uri);
 }
 

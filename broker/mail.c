@@ -805,7 +805,7 @@ static json_t *mb__thread_list(mb_conv *c, const char *parent)
 
 static int h_get(mb_ctx *cx)
 {
-    mb_conv *c;
+    mb_conv *c = NULL;
     json_t *inc = NULL;
     if (mb__conv_arg(cx, &c) || mp_get_obj(cx->params, "include", 0, &inc, &cx->err) || mb__need_read(cx, c))
         return cx->err.code;
@@ -937,7 +937,7 @@ static void mb__close_conv(mb_broker *b, mb_conv *c, const char *by, const char 
 
 static int h_close(mb_ctx *cx)
 {
-    mb_conv *c;
+    mb_conv *c = NULL;
     const char *reason = NULL, *summary = NULL;
     if (mb__conv_arg(cx, &c) || mp_get_str(cx->params, "reason", 0, &reason, &cx->err) ||
         mp_get_str(cx->params, "summary", 0, &summary, &cx->err))
@@ -957,7 +957,7 @@ static int h_close(mb_ctx *cx)
 
 static int h_reopen(mb_ctx *cx)
 {
-    mb_conv *c;
+    mb_conv *c = NULL;
     if (mb__conv_arg(cx, &c))
         return cx->err.code;
     const char *me = mb_session_from(cx->s);
@@ -992,7 +992,7 @@ static int mb__cursor_seq(mb_broker *b, mb_conv *c, json_t *from, uint64_t *seq,
 
 static int h_join(mb_ctx *cx)
 {
-    mb_conv *c;
+    mb_conv *c = NULL;
     const char *role = NULL;
     json_t *catchup = NULL;
     if (mb__conv_arg(cx, &c) || mp_get_str(cx->params, "role", 0, &role, &cx->err) ||
@@ -1070,7 +1070,7 @@ static void mb__drop_pinned_subs(mb_session *s, const char *conv)
 
 static int h_leave(mb_ctx *cx)
 {
-    mb_conv *c;
+    mb_conv *c = NULL;
     const char *reason = NULL;
     mb_part *p;
     if (mb__conv_arg(cx, &c) || mp_get_str(cx->params, "reason", 0, &reason, &cx->err) || mb__need_part(cx, c, &p))
@@ -1096,7 +1096,7 @@ static int h_leave(mb_ctx *cx)
 
 static int h_invite(mb_ctx *cx)
 {
-    mb_conv *c;
+    mb_conv *c = NULL;
     json_t *spec;
     mb_part *me;
     if (mp_get_obj(cx->params, "participant", MP_REQUIRED, &spec, &cx->err) ||
@@ -1123,7 +1123,7 @@ static int h_invite(mb_ctx *cx)
 
 static int h_turn(mb_ctx *cx)
 {
-    mb_conv *c;
+    mb_conv *c = NULL;
     const char *ct, *thread = NULL, *reply = NULL;
     json_t *vis = NULL, *md = NULL;
     mb_part *p;
@@ -1164,7 +1164,7 @@ static int h_turn(mb_ctx *cx)
 
 static int h_turns_list(mb_ctx *cx)
 {
-    mb_conv *c;
+    mb_conv *c = NULL;
     json_t *f = NULL;
     long long limit = 50;
     const char *order = "asc";
@@ -1205,7 +1205,7 @@ static int h_turns_list(mb_ctx *cx)
 
 static int h_thread_create(mb_ctx *cx)
 {
-    mb_conv *c;
+    mb_conv *c = NULL;
     const char *root, *subject = NULL, *parent = NULL;
     mb_part *p;
     if (mp_get_str(cx->params, "conversationId", MP_REQUIRED, &root, &cx->err) ||
@@ -1257,7 +1257,7 @@ static int h_thread_create(mb_ctx *cx)
 
 static int h_thread_list(mb_ctx *cx)
 {
-    mb_conv *c;
+    mb_conv *c = NULL;
     const char *parent = NULL, *cursor = NULL;
     long long limit = 50;
     if (mb__conv_arg(cx, &c) || mp_get_str(cx->params, "parentThreadId", 0, &parent, &cx->err) ||
@@ -1346,7 +1346,7 @@ static char *mb__summarize(mb_broker *b, mb_conv *c, json_t *key_points)
 
 static int h_summary(mb_ctx *cx)
 {
-    mb_conv *c;
+    mb_conv *c = NULL;
     json_t *inc = NULL;
     if (mb__conv_arg(cx, &c) || mp_get_obj(cx->params, "include", 0, &inc, &cx->err) || mb__need_read(cx, c))
         return cx->err.code;
@@ -1368,7 +1368,7 @@ static int h_summary(mb_ctx *cx)
 
 static int h_replay(mb_ctx *cx)
 {
-    mb_conv *c;
+    mb_conv *c = NULL;
     const char *from = NULL, *thread = NULL;
     long long from_ts = 0, limit = 50;
     json_t *cts = NULL;
@@ -1414,7 +1414,7 @@ json_t *mb_mail_tree_json(mb_broker *b, const char *conv_id)
 
 static int h_tree(mb_ctx *cx)
 {
-    mb_conv *c;
+    mb_conv *c = NULL;
     if (mb__conv_arg(cx, &c) || mb__need_read(cx, c))
         return cx->err.code;
     cx->result = json_pack("{s:o}", "tree", mb_mail_tree_json(cx->b, c->id));
@@ -1557,7 +1557,7 @@ void mb_mail_on_agent_stop(mb_broker *b, mb_agent *a, const char *reason)
 const char *mb_mail_task_context(mb_broker *b, mb_session *s, json_t *to)
 {
     mb_agent *me = mb_agent_get(b, s->primary_agent);
-    mb_conv *c;
+    mb_conv *c = NULL;
     if (me && (c = mb_conv_get(b, me->conversation)) && mb_conv_active(c))
         return c->id;
     const char *target = json_is_string(to) ? json_string_value(to) : json_string_value(json_object_get(to, "agent"));

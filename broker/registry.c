@@ -518,7 +518,7 @@ static int mb__create_agent(mb_ctx *cx, int spawn, mb_agent **out)
 
 static int h_register(mb_ctx *cx)
 {
-    mb_agent *a;
+    mb_agent *a = NULL;
     if (mb__create_agent(cx, 0, &a))
         return cx->err.code;
     cx->result = json_pack("{s:O}", "agent", mb_agent_doc(a));
@@ -530,7 +530,7 @@ static int h_spawn(mb_ctx *cx)
     json_t *initial = NULL;
     if (mp_get_obj(cx->params, "initialMessage", 0, &initial, &cx->err))
         return cx->err.code;
-    mb_agent *a;
+    mb_agent *a = NULL;
     if (mb__create_agent(cx, 1, &a))
         return cx->err.code;
     mb_agent *parent = mb_agent_get(cx->b, a->parent);
@@ -555,7 +555,7 @@ static int h_spawn(mb_ctx *cx)
 
 static int h_unregister(mb_ctx *cx)
 {
-    mb_agent *a;
+    mb_agent *a = NULL;
     const char *reason = NULL;
     if (mb__find_agent(cx, "agentId", &a) || mp_get_str(cx->params, "reason", 0, &reason, &cx->err) ||
         mb__may_control(cx, a))
@@ -690,7 +690,7 @@ static void mb__collect_desc(mb_agent *a, json_t *out, int depth, int max)
 
 static int h_get(mb_ctx *cx)
 {
-    mb_agent *a;
+    mb_agent *a = NULL;
     json_t *inc = NULL;
     if (mb__find_agent(cx, "agentId", &a) || mp_get_obj(cx->params, "include", 0, &inc, &cx->err))
         return cx->err.code;
@@ -736,7 +736,7 @@ static int h_get(mb_ctx *cx)
 
 static int h_update(mb_ctx *cx)
 {
-    mb_agent *a;
+    mb_agent *a = NULL;
     const char *state = NULL;
     json_t *md = NULL, *env = NULL, *po = NULL;
     if (mb__find_agent(cx, "agentId", &a) || mp_get_str(cx->params, "state", 0, &state, &cx->err) ||
@@ -799,7 +799,7 @@ static void mb__notify_owner(mb_broker *b, mb_agent *a, const char *what, const 
 
 static int h_stop(mb_ctx *cx)
 {
-    mb_agent *a;
+    mb_agent *a = NULL;
     const char *reason = NULL;
     int force = 0;
     if (mb__find_agent(cx, "agentId", &a) || mp_get_str(cx->params, "reason", 0, &reason, &cx->err) ||
@@ -818,7 +818,7 @@ static int h_stop(mb_ctx *cx)
 
 static int h_suspend(mb_ctx *cx)
 {
-    mb_agent *a;
+    mb_agent *a = NULL;
     const char *reason = NULL;
     if (mb__find_agent(cx, "agentId", &a) || mp_get_str(cx->params, "reason", 0, &reason, &cx->err) ||
         mb__may_operate(cx, a))
@@ -835,7 +835,7 @@ static int h_suspend(mb_ctx *cx)
 
 static int h_resume(mb_ctx *cx)
 {
-    mb_agent *a;
+    mb_agent *a = NULL;
     if (mb__find_agent(cx, "agentId", &a) || mb__may_operate(cx, a))
         return cx->err.code;
     if (strcmp(a->state, "suspended"))
@@ -1019,7 +1019,7 @@ static int h_scope_create(mb_ctx *cx)
 
 static int h_scope_get(mb_ctx *cx)
 {
-    mb_scope *sc;
+    mb_scope *sc = NULL;
     if (mb__find_scope(cx, &sc))
         return cx->err.code;
     cx->result = json_pack("{s:O}", "scope", sc->doc);
@@ -1078,7 +1078,7 @@ static void mb__scope_delete(mb_broker *b, mb_scope *sc, const char *source)
 
 static int h_scope_delete(mb_ctx *cx)
 {
-    mb_scope *sc;
+    mb_scope *sc = NULL;
     if (mb__find_scope(cx, &sc))
         return cx->err.code;
     cx->result = json_pack("{s:O, s:b}", "scope", sc->doc, "deleted", 1);
@@ -1095,8 +1095,8 @@ static int mb__scope_member_args(mb_ctx *cx, mb_scope **sc, mb_agent **a)
 
 static int h_scope_join(mb_ctx *cx)
 {
-    mb_scope *sc;
-    mb_agent *a;
+    mb_scope *sc = NULL;
+    mb_agent *a = NULL;
     if (mb__scope_member_args(cx, &sc, &a))
         return cx->err.code;
     const char *pol = json_string_value(json_object_get(sc->doc, "joinPolicy"));
@@ -1117,8 +1117,8 @@ static int h_scope_join(mb_ctx *cx)
 
 static int h_scope_leave(mb_ctx *cx)
 {
-    mb_scope *sc;
-    mb_agent *a;
+    mb_scope *sc = NULL;
+    mb_agent *a = NULL;
     if (mb__scope_member_args(cx, &sc, &a))
         return cx->err.code;
     json_t *doc = json_incref(sc->doc);
@@ -1131,7 +1131,7 @@ static int h_scope_leave(mb_ctx *cx)
 
 static int h_scope_members(mb_ctx *cx)
 {
-    mb_scope *sc;
+    mb_scope *sc = NULL;
     const char *cursor = NULL;
     long long limit = 1000;
     if (mb__find_scope(cx, &sc) || mp_get_str(cx->params, "cursor", 0, &cursor, &cx->err) ||
