@@ -32,6 +32,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "mapbroker: %s\n", err);
         goto out;
     }
+    if (mb_federation_start(&b, err, sizeof err)) {
+        fprintf(stderr, "mapbroker: %s\n", err);
+        goto out;
+    }
     mb_net_run(&b);
     mb_info("main", "shutting down");
     status = 0;

@@ -133,6 +133,7 @@ struct mb_session {
     /* observer (plain /observe WebSocket, not MAP) */
     int observer;
     int final_close;              /* session ends for good when the socket closes (no resume) */
+    char *peer_system;            /* outbound federation link: the system id dialed, else NULL */
     void *obs;                    /* observer state (observe.c) */
 };
 
@@ -237,6 +238,10 @@ typedef struct mb_ctx {
      * knows the subscription id). */
     void (*after)(struct mb_ctx *cx, void *arg);
     void *after_arg;
+    /* Delivering a federated envelope: the original Message (id, from,
+     * timestamp are kept) and its source system. NULL otherwise. */
+    json_t *origin;
+    const char *origin_system;
 } mb_ctx;
 
 typedef int (*mb_handler)(mb_ctx *cx);
@@ -399,6 +404,15 @@ void mb_audit(mb_ctx *cx, const char *target, json_t *payload);
 /* Federation (federation.c). */
 int mb_federation_forward(mb_ctx *cx, const char *system, json_t *message);
 void mb_federation_free(void);
+/* Federation links we dial (federation.c). */
+int mb_federation_start(mb_broker *b, char *errbuf, size_t errlen);
+/* A response arrived on an outbound link (our own requests' answers). */
+void mb_federation_on_response(mb_session *s, mp_msg *m);
+/* The outbound link's socket is up / gone. */
+mb_session *mb_federation_on_established(mb_broker *b, struct lws *wsi);
+void mb_federation_dial_failed(struct lws *wsi, const char *why);
+void mb_federation_stop(void);
+void mb_federation_link_down(mb_session *s);
 /* End the session for good when its socket closes (no resume). */
 void mb_session_mark_final(mb_session *s);
 

@@ -66,6 +66,9 @@ static const struct cdef defs[] = {
     S("token-secret", token_secret, "", "HMAC secret file for broker-minted tokens (x-mapbroker/token/create); created 0600 if missing; empty = random per run"),
     I("max-string", max_string, "65536", 64, 256LL << 20, "longest string accepted in request params outside message payloads (bytes)"),
     I("handshake-timeout", handshake_timeout, "10", 1, 3600, "seconds a peer has to send its HTTP upgrade and to finish map/connect + authentication"),
+    S("peers", peers, "", "peer brokers to dial and bridge with: SYSTEM=ws[s]://HOST:PORT/[,SYSTEM=URL...]"),
+    S("peer-token", peer_token, "", "credential presented to peers when dialing (api-key or bearer token)"),
+    S("public-url", public_url, "", "this broker's URL as peers should see it (sent when dialing; default ws://HOST:PORT/)"),
     S("config", config_file, "", "read settings from FILE (lines: name = value; # comments)"),
 };
 #define NDEFS (sizeof defs / sizeof defs[0])

@@ -45,6 +45,9 @@ typedef struct mb_config {
     char *token_secret;
     long long max_string;
     long long handshake_timeout;
+    char *peers;
+    char *peer_token;
+    char *public_url;
     char *config_file;
 } mb_config;
 

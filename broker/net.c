@@ -196,6 +196,25 @@ static int mb__callback(struct lws *wsi, enum lws_callback_reasons reason, void 
             mb_session_on_close(s);
         }
         return 0;
+    /* outbound federation links (federation.c) */
+    case LWS_CALLBACK_CLIENT_ESTABLISHED:
+        pss->s = mb_federation_on_established(b, wsi);
+        return pss->s ? 0 : -1;
+    case LWS_CALLBACK_CLIENT_RECEIVE:
+        return pss->s ? mb__rx(pss->s, wsi, in, len) : -1;
+    case LWS_CALLBACK_CLIENT_WRITEABLE:
+        return pss->s ? mb_session_on_writeable(pss->s) : 0;
+    case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
+        mb_federation_dial_failed(wsi, in ? (const char *)in : NULL);
+        return 0;
+    case LWS_CALLBACK_CLIENT_CLOSED:
+        if (pss && pss->s) {
+            mb_session *s = pss->s;
+            pss->s = NULL;
+            mb_federation_link_down(s);
+            mb_session_on_close(s);
+        }
+        return 0;
     case LWS_CALLBACK_OPENSSL_PERFORM_CLIENT_CERT_VERIFICATION: {
         /* mTLS: fail the handshake on any verification error (Mosquitto's fix) */
         X509_STORE_CTX *xs = user;
@@ -334,6 +353,7 @@ void mb_net_stop(mb_broker *b)
     if (b->txn_open)
         mb_broker_commit(b);
     if (b->ctx) {
+        mb_federation_stop();
         lws_sul_cancel(&sul_commit);
         lws_sul_cancel(&sul_house);
         lws_context_destroy(b->ctx);

@@ -234,10 +234,21 @@ int mb_send_message(mb_ctx *cx, json_t *to, json_t *payload, json_t *meta, char 
     }
     char mid[64];
     mb_new_id(b, NULL, mid, sizeof mid);
-    if (msg_id_out)
-        snprintf(msg_id_out, 64, "%s", mid);
     const char *from = mb_session_from(s);
     int64_t now = mb_now();
+    if (cx->origin) { /* a federated message keeps its identity */
+        const char *oid = json_string_value(json_object_get(cx->origin, "id"));
+        const char *ofrom = json_string_value(json_object_get(cx->origin, "from"));
+        json_t *ots = json_object_get(cx->origin, "timestamp");
+        if (oid && strlen(oid) < sizeof mid)
+            snprintf(mid, sizeof mid, "%s", oid);
+        if (ofrom)
+            from = ofrom;
+        if (json_is_integer(ots))
+            now = json_integer_value(ots);
+    }
+    if (msg_id_out)
+        snprintf(msg_id_out, 64, "%s", mid);
     json_t *msg = json_pack("{s:s, s:s, s:O, s:I}", "id", mid, "from", from, "to", to, "timestamp", (json_int_t)now);
     if (payload)
         json_object_set(msg, "payload", payload);
@@ -259,6 +270,8 @@ int mb_send_message(mb_ctx *cx, json_t *to, json_t *payload, json_t *meta, char 
         json_object_set(sd, "payload", payload);
     if (federated)
         json_object_set_new(sd, "federatedTo", json_string(ad.system));
+    if (cx->origin_system)
+        json_object_set_new(sd, "federatedFrom", json_string(cx->origin_system));
     mb_emit(b, "message_sent", from, sd, NULL, sent_id);
 
     json_t *delivered = json_array();

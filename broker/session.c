@@ -269,7 +269,9 @@ void mb_session_on_message(mb_session *s, const char *buf, size_t len)
         json_decref(bad_id);
         return;
     }
-    if (m.kind == MP_KIND_RESPONSE) { /* we never send requests; ignore stray responses */
+    if (m.kind == MP_KIND_RESPONSE) { /* only outbound federation links send requests */
+        if (s->peer_system)
+            mb_federation_on_response(s, &m);
         mp_msg_free(&m);
         return;
     }
@@ -378,7 +380,7 @@ void mb_session_on_close(mb_session *s)
     free(s->rx);
     s->rx = NULL;
     s->rx_len = s->rx_cap = 0;
-    if (s->state == MB_READY && !s->observer && b->cfg->resume_window_ms > 0 && !b->stopping && !s->final_close) {
+    if (s->state == MB_READY && !s->observer && !s->peer_system && b->cfg->resume_window_ms > 0 && !b->stopping && !s->final_close) {
         s->detached = 1;
         s->detached_at = mb_now();
         mb_info(s->session_id, "connection closed; session kept %lld ms for resume", b->cfg->resume_window_ms);
@@ -426,6 +428,7 @@ void mb_session_free(mb_session *s)
     mb_map_free(s->owned, NULL);
     free(s->primary_agent);
     free(s->name);
+    free(s->peer_system);
     free(s->rx);
     json_decref(s->disconnect_policy);
     json_decref(s->principal.agents);

@@ -106,11 +106,11 @@ function tryConnect(port) {
  * Start the real broker. Returns {url, port, proc, stop(), stderr(), dump()}.
  * Retries with another port when the chosen one turns out to be taken.
  */
-export async function startBroker({ store = 'memory:', args = [], logLevel = process.env.MB_LOG_LEVEL || 'info' } = {}) {
+export async function startBroker({ store = 'memory:', args = [], logLevel = process.env.MB_LOG_LEVEL || 'info', port: fixedPort } = {}) {
   const bin = brokerBinary();
   let lastErr;
   for (let attempt = 0; attempt < 5; attempt++) {
-    const port = await freePort();
+    const port = fixedPort ?? await freePort();
     const argv = ['--host', '127.0.0.1', '--port', String(port), '--store', store, '--log-level', logLevel, ...args];
     const proc = spawn(bin, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
     let err = '';
