@@ -93,6 +93,15 @@ static uint64_t u64small(rd *r)
     }
 }
 
+/* A timestamp: small, negative or extreme. */
+static int64_t i64(rd *r)
+{
+    uint64_t v = u64small(r);
+    if (v > (uint64_t)INT64_MAX)
+        return v == UINT64_MAX ? INT64_MIN : -1;
+    return (int64_t)v - ((v & 1) ? 0 : 3);
+}
+
 /* A string: one of a few fixed values (so operations collide) or fuzzed bytes. */
 static const char *str(rd *r, char *buf, size_t cap, const char *const *pool, int allow_null)
 {
@@ -329,7 +338,7 @@ static void run_op(prog *p, rd *r)
         t.thread_id = str(r, b3, sizeof b3, k_threads, 1);
         t.participant = str(r, b4, sizeof b4, k_misc, 1);
         t.content_type = str(r, b5, sizeof b5, k_types, 1);
-        t.ts = (int64_t)u64small(r) - 3;
+        t.ts = i64(r);
         t.json = str(r, b6, sizeof b6, k_json, 1);
         t.len = t.json && (u8(r) & 1) ? strlen(t.json) : 0;
         for (int i = 0; i < 2; i++)
@@ -395,7 +404,7 @@ static void run_op(prog *p, rd *r)
         e.id = (flags & 0xF0) == 0xF0 ? NULL : id;
         e.type = str(r, b2, sizeof b2, k_types, 1);
         e.conv_id = (flags & 8) ? str(r, b3, sizeof b3, k_convs, 1) : NULL;
-        e.ts = (int64_t)u64small(r);
+        e.ts = i64(r);
         e.json = str(r, b6, sizeof b6, k_json, 1);
         e.len = e.json && (flags & 16) ? strlen(e.json) : 0;
         for (int i = 0; i < 2; i++)
@@ -479,7 +488,7 @@ static void run_op(prog *p, rd *r)
     case 13: { /* audit_append */
         struct mst_audit a = {0};
         a.id = str(r, b1, sizeof b1, k_auids, 1);
-        a.ts = (int64_t)u64small(r);
+        a.ts = i64(r);
         a.principal = str(r, b2, sizeof b2, k_misc, 1);
         a.action = str(r, b3, sizeof b3, k_misc, 1);
         a.target = str(r, b4, sizeof b4, k_keys, 1);
