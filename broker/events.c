@@ -11,6 +11,7 @@
 
 #include "auth.h"
 #include "mb.h"
+#include "mail.h"
 #include "observe.h"
 
 /* ---- registry-backed filter environment ---- */
@@ -142,6 +143,8 @@ static int mb__own_event(const mb_session *s, const mb_event *ev)
 
 int mb_event_visible(mb_broker *b, mb_session *s, const mb_event *ev)
 {
+    if (ev->conv_id && !strncmp(ev->type, "mail.turn.", 10) && !mb_mail_event_visible(b, s, ev->conv_id, ev->data))
+        return 0;
     return mb_auth_event_visible(b, s, ev);
 }
 

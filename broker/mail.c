@@ -622,6 +622,26 @@ static const char *mb__reader(mb_session *s, mb_conv *c, int64_t *not_before)
     return p->id;
 }
 
+/* May session s see this mail.turn.* event? Participants see turns by the
+ * turn's visibility (MAP.md 10.3); operators and tokens scoped to the
+ * conversation see everything, like the turn listings. */
+int mb_mail_event_visible(mb_broker *b, mb_session *s, const char *conv_id, json_t *data)
+{
+    json_t *turn = json_object_get(data, "turn");
+    const char *vt = json_string_value(json_object_get(json_object_get(turn, "visibility"), "type"));
+    if (!turn || !vt || !strcmp(vt, "all"))
+        return 1;
+    mb_conv *c = mb_conv_get(b, conv_id);
+    if (!c)
+        return 1;
+    int64_t nb;
+    const char *reader = mb__reader(s, c, &nb);
+    if (!reader && !mb_mail_may_read(s, c))
+        return 0;
+    return mb__turn_visible(c, reader, turn);
+}
+
+
 int mb_mail_scan_turns(mb_broker *b, mb_conv *c, uint64_t after_seq, size_t limit, mst_turn_cb cb, void *arg)
 {
     struct mst_turn_query q = {.conv_id = c->id, .after_seq = after_seq, .limit = limit};
@@ -1512,7 +1532,6 @@ void mb_mail_on_spawn(mb_broker *b, mb_session *s, mb_agent *child, mb_agent *pa
     json_decref(mark);
     if (!c)
         return;
-    c->task_agent = strdup(child->id);
     mb__add_participant(b, c, child->id, "worker", NULL, spawner);
     mb__announce_created(b, c, spawner);
     free(child->conversation);

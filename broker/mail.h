@@ -52,5 +52,7 @@ int mb_mail_scan_turns(mb_broker *b, mb_conv *c, uint64_t after_seq, size_t limi
 json_t *mb_mail_turn_page(mb_broker *b, mb_session *s, mb_conv *c, uint64_t after_seq, size_t limit, int desc,
                           int *more);
 json_t *mb_mail_tree_json(mb_broker *b, const char *conv_id);
+/* May session s see a mail.turn.* event of conv_id (data = the event data)? */
+int mb_mail_event_visible(mb_broker *b, mb_session *s, const char *conv_id, json_t *data);
 
 #endif

@@ -252,10 +252,10 @@ static int mb__transition_ok(const char *from, const char *to)
         return 1;
     if (!strcmp(from, "orphaned"))
         return !strcmp(to, "idle") || !strcmp(to, "active") || !strcmp(to, "registered");
+    if (mb__custom(from) || mb__custom(to))
+        return 1; /* custom states go to and from any non-terminal state */
     if (!strcmp(from, "failed"))
         return !strcmp(to, "active") || !strcmp(to, "idle") || !strcmp(to, "registered");
-    if (mb__custom(from) || mb__custom(to))
-        return 1;
     if (!strcmp(from, "idle") || !strcmp(from, "busy"))
         return !strcmp(to, "idle") || !strcmp(to, "busy") || !strcmp(to, "suspended") || !strcmp(to, "active") ||
                !strcmp(to, "stopping") || !strcmp(to, "failed");
