@@ -632,22 +632,10 @@ int mb_auth_is_operator(const mb_session *s)
     return !s->b->auth || (s->authenticated && s->principal.operator_ && !mb__expired(s));
 }
 
+/* No list = unrestricted; else an exact id or a '*'-suffixed prefix. */
 static int mb__match_list(const json_t *list, const char *id)
 {
-    if (!list)
-        return 1;
-    if (!id)
-        return 0;
-    size_t i;
-    json_t *x;
-    json_array_foreach(list, i, x)
-    {
-        const char *p = json_string_value(x);
-        size_t n = strlen(p);
-        if ((n && p[n - 1] == '*' && !strncmp(p, id, n - 1)) || !strcmp(p, id))
-            return 1;
-    }
-    return 0;
+    return !list || mp_glob_list_match(list, id);
 }
 
 int mb_auth_may_agent(const mb_session *s, const char *agent_id)

@@ -104,15 +104,10 @@ static mb_frame *mb__notification(const mb_sub *sub, uint64_t seqno, const mb_ev
     const char *cb = ev->caused_by;
     size_t cbn = cb ? strlen(cb) : 0;
     size_t len = (size_t)hn + (cb ? 11 + cbn + 1 : 0) + 8 + ev->text_len + 2;
-    mb_frame *f = malloc(sizeof *f);
+    mb_frame *f = mb_frame_alloc(len);
     if (!f)
         return NULL;
-    f->mem = malloc(LWS_PRE + len + 1);
-    if (!f->mem) {
-        free(f);
-        return NULL;
-    }
-    char *p = f->mem + LWS_PRE;
+    char *p = mb_frame_buf(f);
     memcpy(p, head, (size_t)hn);
     p += hn;
     if (cb) {
@@ -129,8 +124,7 @@ static mb_frame *mb__notification(const mb_sub *sub, uint64_t seqno, const mb_ev
     *p++ = '}';
     *p++ = '}';
     *p = '\0';
-    f->len = (size_t)(p - (f->mem + LWS_PRE));
-    f->refs = 1;
+    f->len = (size_t)(p - mb_frame_buf(f));
     return f;
 }
 

@@ -57,6 +57,10 @@ struct mb_frame {
 };
 /* Encode j (borrowed) into a new frame with refs = 1. NULL on OOM. */
 mb_frame *mb_frame_json(const json_t *j);
+/* New frame with room for len bytes of text (refs = 1, NUL-terminated, contents
+ * to be written through mb_frame_buf before it is queued). NULL on OOM. */
+mb_frame *mb_frame_alloc(size_t len);
+char *mb_frame_buf(mb_frame *f);
 /* New frame holding a copy of text[0..len). */
 mb_frame *mb_frame_text(const char *text, size_t len);
 const char *mb_frame_data(const mb_frame *f);

@@ -37,15 +37,16 @@ static void mb__key(const mb_session *s, char out[24])
 /* An SSE block: optional id, event name, one data line (JSON has no raw newlines). */
 static mb_frame *mb__sse_frame(const char *type, const char *id, const char *json, size_t len)
 {
-    size_t cap = len + strlen(type) + (id ? strlen(id) : 0) + 32;
-    char *buf = malloc(cap);
-    if (!buf)
+    char head[160];
+    int n = snprintf(head, sizeof head, "%s%s%sevent: %s\ndata: ", id ? "id: " : "", id ? id : "", id ? "\n" : "",
+                     type);
+    mb_frame *f = mb_frame_alloc((size_t)n + len + 2);
+    if (!f)
         return NULL;
-    int n = snprintf(buf, cap, "%s%s%sevent: %s\ndata: ", id ? "id: " : "", id ? id : "", id ? "\n" : "", type);
-    memcpy(buf + n, json, len);
-    memcpy(buf + n + len, "\n\n", 2);
-    mb_frame *f = mb_frame_text(buf, (size_t)n + len + 2);
-    free(buf);
+    char *p = mb_frame_buf(f);
+    memcpy(p, head, (size_t)n);
+    memcpy(p + n, json, len);
+    memcpy(p + n + len, "\n\n", 2);
     return f;
 }
 

@@ -17,7 +17,7 @@
 
 /* ---- frames ---- */
 
-mb_frame *mb_frame_text(const char *text, size_t len)
+mb_frame *mb_frame_alloc(size_t len)
 {
     mb_frame *f = malloc(sizeof *f);
     if (!f)
@@ -27,6 +27,19 @@ mb_frame *mb_frame_text(const char *text, size_t len)
         free(f);
         return NULL;
     }
+    f->mem[LWS_PRE + len] = '\0';
+    f->len = len;
+    f->refs = 1;
+    return f;
+}
+
+char *mb_frame_buf(mb_frame *f) { return f->mem + LWS_PRE; }
+
+mb_frame *mb_frame_text(const char *text, size_t len)
+{
+    mb_frame *f = mb_frame_alloc(len);
+    if (!f)
+        return NULL;
     memcpy(f->mem + LWS_PRE, text, len);
     f->mem[LWS_PRE + len] = '\0';
     f->len = len;

@@ -161,26 +161,7 @@ const char *mp_filter_conversation(const mp_filter *f)
                                                      : NULL;
 }
 
-/* s in list of strings; entries ending in '*' are prefix globs. */
-static int mp__in(const json_t *list, const char *s)
-{
-    if (!s)
-        return 0;
-    size_t i;
-    json_t *x;
-    json_array_foreach(list, i, x)
-    {
-        const char *p = json_string_value(x);
-        size_t n = json_string_length(x);
-        if (n && p[n - 1] == '*') {
-            if (!strncmp(p, s, n - 1))
-                return 1;
-        } else if (!strcmp(p, s)) {
-            return 1;
-        }
-    }
-    return 0;
-}
+#define mp__in mp_glob_list_match
 
 static json_t *mp__path(json_t *o, const char *a, const char *b)
 {

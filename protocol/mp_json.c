@@ -246,6 +246,24 @@ char *mp_dump(const json_t *j, size_t headroom, size_t *len)
     return b.p;
 }
 
+int mp_glob_list_match(const json_t *list, const char *s)
+{
+    if (!s)
+        return 0;
+    size_t i;
+    json_t *x;
+    json_array_foreach(list, i, x)
+    {
+        const char *p = json_string_value(x);
+        size_t n = json_string_length(x);
+        if (!p)
+            continue;
+        if (n && p[n - 1] == '*' ? !strncmp(p, s, n - 1) : !strcmp(p, s))
+            return 1;
+    }
+    return 0;
+}
+
 void mp_set_opt(json_t *obj, const char *key, json_t *val)
 {
     if (val)

@@ -48,6 +48,10 @@ int mp_json_depth(const char *buf, size_t len, int max);
  * and a NUL follows the text. Returns NULL on OOM or unencodable input. */
 char *mp_dump(const json_t *j, size_t headroom, size_t *len);
 
+/* 1 if s equals an entry of `list` (an array of strings), where an entry ending in
+ * '*' matches by prefix ("worker-*"). Non-string entries never match; s NULL -> 0. */
+int mp_glob_list_match(const json_t *list, const char *s);
+
 /* json_object_set_new that ignores NULL values (convenient for optional fields). */
 void mp_set_opt(json_t *obj, const char *key, json_t *val_stolen);
 /* Copy obj[key] from src to dst if present and not null. */
