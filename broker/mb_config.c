@@ -46,7 +46,7 @@ static const struct cdef defs[] = {
     I("event-history-bytes", event_history_bytes, "67108864", 1048576, 1LL << 36, "memory the in-memory event history may use (oldest events go first)"),
     I("max-connections", max_connections, "10000", 1, 1000000, "connections in total"),
     I("max-connections-per-ip", max_connections_per_ip, "1000", 1, 1000000, "connections from one address"),
-    I("rate-limit", rate_limit, "0", 0, 10000000, "requests per second per connection (0 = unlimited)"),
+    I("rate-limit", rate_limit, "20000", 0, 10000000, "requests per second per connection; more get 4001 with retryAfterMs (0 = unlimited)"),
     I("max-subscriptions", max_subscriptions, "100", 1, 100000, "subscriptions per connection"),
     I("max-participants", max_participants, "1000", 2, 1000000, "participants per conversation"),
     I("max-thread-depth", max_thread_depth, "8", 1, 1000, "thread nesting limit"),
