@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMB_TESTS=OFF >/dev/null
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMB_SANITIZE=OFF -DMB_FUZZ=OFF -DMB_TESTS=OFF >/dev/null
 cmake --build build -j"$(nproc)" --target mapbroker >/dev/null
 exec ./build/broker/mapbroker "$@"
