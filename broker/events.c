@@ -94,8 +94,10 @@ static int mb__is_message_event(const char *type)
 }
 
 /* Assemble a map/event notification for one subscription. */
-static mb_frame *mb__notification(const mb_sub *sub, uint64_t seqno, const mb_event *ev)
+static mb_frame *mb__notification(const mb_sub *sub, uint64_t seqno, mb_event *ev)
 {
+    if (!mb_event_text(ev))
+        return NULL;
     char head[256];
     int hn = snprintf(head, sizeof head,
                       "{\"jsonrpc\":\"2.0\",\"method\":\"map/event\",\"params\":{\"subscriptionId\":\"%s\","
@@ -152,7 +154,7 @@ static int mb__sub_matches(mb_broker *b, mb_sub *sub, const mb_event *ev)
     return mb_event_visible(b, sub->s, ev);
 }
 
-static void mb__deliver(mb_broker *b, mb_sub *sub, const mb_event *ev)
+static void mb__deliver(mb_broker *b, mb_sub *sub, mb_event *ev)
 {
     uint64_t seqno = ++sub->seq; /* assigned even if dropped: the gap tells the client */
     mb_frame *f = mb__notification(sub, seqno, ev);
@@ -179,8 +181,38 @@ static void mb__deliver(mb_broker *b, mb_sub *sub, const mb_event *ev)
     }
 }
 
+/* Encode the Event object {id,type,timestamp,source?,data,causedBy?}. */
+static int mb__event_encode(mb_event *ev)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "id", json_string(ev->id));
+    json_object_set_new(o, "type", json_string(ev->type));
+    json_object_set_new(o, "timestamp", json_integer(ev->ts));
+    if (ev->source)
+        json_object_set_new(o, "source", json_string(ev->source));
+    json_object_set(o, "data", ev->data);
+    if (ev->caused_by)
+        json_object_set_new(o, "causedBy", json_loads(ev->caused_by, 0, NULL));
+    ev->text = mp_dump(o, 0, &ev->text_len);
+    json_decref(o);
+    return ev->text ? 0 : -1;
+}
+
+const char *mb_event_text(mb_event *ev)
+{
+    if (!ev->text)
+        mb__event_encode(ev);
+    return ev->text;
+}
+
 mb_event *mb_emit(mb_broker *b, const char *type, const char *source, json_t *data, const char *caused_by,
                   char id_out[MP_ULID_LEN + 1])
+{
+    return mb_emit_ex(b, type, source, data, caused_by, id_out, 0, 0);
+}
+
+mb_event *mb_emit_ex(mb_broker *b, const char *type, const char *source, json_t *data, const char *caused_by,
+                     char id_out[MP_ULID_LEN + 1], int lazy, size_t size_hint)
 {
     mb_event *ev = calloc(1, sizeof *ev);
     if (!ev) {
@@ -197,26 +229,19 @@ mb_event *mb_emit(mb_broker *b, const char *type, const char *source, json_t *da
         const char *cid = json_string_value(json_object_get(ev->data, "conversationId"));
         ev->conv_id = cid ? strdup(cid) : NULL;
     }
-    json_t *o = json_object();
-    json_object_set_new(o, "id", json_string(ev->id));
-    json_object_set_new(o, "type", json_string(type));
-    json_object_set_new(o, "timestamp", json_integer(ev->ts));
-    if (source)
-        json_object_set_new(o, "source", json_string(source));
-    json_object_set(o, "data", ev->data);
     if (caused_by && *caused_by) {
-        json_t *cb = json_pack("[s]", caused_by);
-        json_object_set(o, "causedBy", cb);
-        size_t n;
-        ev->caused_by = mp_dump(cb, 0, &n);
-        json_decref(cb);
+        size_t n = strlen(caused_by) + 5;
+        ev->caused_by = malloc(n);
+        if (ev->caused_by)
+            snprintf(ev->caused_by, n, "[\"%s\"]", caused_by); /* ULIDs need no escaping */
     }
-    ev->text = mp_dump(o, 0, &ev->text_len);
-    json_decref(o);
-    if (!ev->text || !ev->type) {
+    /* lazy only where nothing needs the text now: not persisted, no subscriber */
+    lazy = lazy && mb__is_message_event(type) && mb_map_size(b->sub_index) == 0;
+    if (!ev->type || (!lazy && mb__event_encode(ev))) {
         mb__event_free(ev);
         return NULL;
     }
+    ev->cost = 2 * (ev->text ? ev->text_len : size_hint) + 256;
     if (id_out)
         memcpy(id_out, ev->id, sizeof ev->id);
     b->stats.events_emitted++;
@@ -232,10 +257,10 @@ mb_event *mb_emit(mb_broker *b, const char *type, const char *source, json_t *da
     }
 
     /* history ring, bounded in count and in bytes (message events carry payloads) */
-    size_t cost = 2 * ev->text_len + 256;
+    size_t cost = ev->cost;
     while (b->hist_len && (b->hist_len == b->hist_cap || b->hist_bytes + cost > (size_t)b->cfg->event_history_bytes)) {
         mb_event *old = b->hist[b->hist_head];
-        b->hist_bytes -= 2 * old->text_len + 256;
+        b->hist_bytes -= old->cost;
         mb__event_free(old);
         b->hist[b->hist_head] = NULL;
         b->hist_head = (b->hist_head + 1) % b->hist_cap;
@@ -392,7 +417,7 @@ static int mb__replay_sub_cb(void *arg, const mb_event *ev)
     if (ev->ts < r->from_ts)
         return 0;
     if (mb__sub_matches(r->b, r->sub, ev))
-        mb__deliver(r->b, r->sub, ev);
+        mb__deliver(r->b, r->sub, (mb_event *)ev); /* may fill the lazily encoded text: a cache, not a change */
     return 0;
 }
 
@@ -533,7 +558,8 @@ static int mb__replay_page_cb(void *arg, const mb_event *ev)
         p->more = 1;
         return 1;
     }
-    json_t *evj = json_loadb(ev->text, ev->text_len, 0, NULL);
+    const char *text = mb_event_text((mb_event *)ev);
+    json_t *evj = text ? json_loadb(text, ev->text_len, 0, NULL) : NULL;
     json_t *item = json_pack("{s:s, s:I, s:o}", "eventId", ev->id, "timestamp", (json_int_t)ev->ts, "event",
                              evj ? evj : json_object());
     json_t *cb = json_object_get(evj, "causedBy");

@@ -201,8 +201,10 @@ typedef struct mb_event {
     char *conv_id;    /* mail events: the conversation, else NULL */
     json_t *data;     /* owned */
     int64_t ts;
-    char *text;       /* encoded Event object {id,type,timestamp,source,data,causedBy} */
+    char *text;       /* encoded Event object {id,type,timestamp,source,data,causedBy}; NULL
+                         until needed for events recorded lazily (mb_event_text) */
     size_t text_len;
+    size_t cost;      /* memory charged to the history */
     char *caused_by;  /* JSON array text, e.g. ["01..."], or NULL */
 } mb_event;
 
@@ -226,6 +228,13 @@ struct mb_sub {
  * if given. Returns the event (borrowed; owned by the history). */
 mb_event *mb_emit(mb_broker *b, const char *type, const char *source, json_t *data, const char *caused_by,
                   char id_out[MP_ULID_LEN + 1]);
+/* Same; with lazy set (only allowed when no subscription exists and the event
+ * is not persisted) the event goes into the history unencoded, charged
+ * size_hint bytes (plus overhead). */
+mb_event *mb_emit_ex(mb_broker *b, const char *type, const char *source, json_t *data, const char *caused_by,
+                     char id_out[MP_ULID_LEN + 1], int lazy, size_t size_hint);
+/* The encoded Event object (encodes once on first use); NULL on OOM. */
+const char *mb_event_text(mb_event *ev);
 
 /* ---- method handlers ---------------------------------------------------- */
 

@@ -227,13 +227,25 @@ struct mb__replay {
 static int mb__replay_cb(void *arg, const struct mst_turn *t)
 {
     struct mb__replay *r = arg;
-    json_t *turn = json_loadb(t->json, t->len, 0, NULL);
-    if (!turn)
-        return 0;
-    mb__msg m = {.type = "turn_added", .seq = t->seq,
-                 .j = json_pack("{s:s, s:s, s:s, s:I, s:o}", "type", "turn_added", "conversationId", r->c->id, "epoch",
-                                mst_epoch(r->b->store), "seq", (json_int_t)t->seq, "turn", turn)};
-    snprintf(m.sse_id, sizeof m.sse_id, "%s:%llu", mst_epoch(r->b->store), (unsigned long long)t->seq);
+    /* The stored turn text goes into the envelope as is: no parse, no re-encode
+     * (ids and the epoch are broker-made ULIDs, safe to print unescaped). */
+    const char *ep = mst_epoch(r->b->store);
+    char head[256];
+    int hn = snprintf(head, sizeof head,
+                      "{\"type\":\"turn_added\",\"conversationId\":\"%s\",\"epoch\":\"%s\",\"seq\":%llu,\"turn\":",
+                      r->c->id, ep, (unsigned long long)t->seq);
+    mb__msg m = {.type = "turn_added", .seq = t->seq};
+    m.len = (size_t)hn + t->len + 1;
+    m.text = malloc(m.len + 1);
+    if (!m.text || hn <= 0 || (size_t)hn >= sizeof head) {
+        free(m.text);
+        return 1;
+    }
+    memcpy(m.text, head, (size_t)hn);
+    memcpy(m.text + hn, t->json, t->len);
+    m.text[m.len - 1] = '}';
+    m.text[m.len] = '\0';
+    snprintf(m.sse_id, sizeof m.sse_id, "%s:%llu", ep, (unsigned long long)t->seq);
     mb__push(r->b, r->s, &m);
     mb__msg_free(&m);
     r->n++;

@@ -259,7 +259,11 @@ int mb_send_message(mb_ctx *cx, json_t *to, json_t *payload, json_t *meta, char 
     const char *corr = json_string_value(json_object_get(meta, "correlationId"));
     int is_result = json_is_true(json_object_get(meta, "isResult"));
     const char *prio = json_string_value(json_object_get(meta, "priority"));
-    char sent_id[MP_ULID_LEN + 1];
+    /* With no subscription anywhere, message_* events are recorded in the
+     * history without being encoded (encoding them was most of the cost of a
+     * send); a later replay or /api/agents/:id/messages encodes on demand. */
+    int lazy = mb_map_size(b->sub_index) == 0;
+    char sent_id[MP_ULID_LEN + 1] = "";
     json_t *sd = json_pack("{s:s, s:s, s:O, s:I, s:O}", "messageId", mid, "from", from, "to", to, "timestamp",
                            (json_int_t)now, "message", msg);
     if (corr)
@@ -272,7 +276,8 @@ int mb_send_message(mb_ctx *cx, json_t *to, json_t *payload, json_t *meta, char 
         json_object_set_new(sd, "federatedTo", json_string(ad.system));
     if (cx->origin_system)
         json_object_set_new(sd, "federatedFrom", json_string(cx->origin_system));
-    mb_emit(b, "message_sent", from, sd, NULL, sent_id);
+    size_t hint = 0; /* history memory estimate for unencoded events */
+    mb_emit_ex(b, "message_sent", from, sd, NULL, sent_id, lazy, hint);
 
     json_t *delivered = json_array();
     int rc = 0;
@@ -306,15 +311,15 @@ int mb_send_message(mb_ctx *cx, json_t *to, json_t *payload, json_t *meta, char 
                     json_object_set_new(dd, "correlationId", json_string(corr));
                 if (payload)
                     json_object_set(dd, "payload", payload);
-                mb_emit(b, "message_delivered", from, dd, sent_id, NULL);
+                mb_emit_ex(b, "message_delivered", from, dd, sent_id, NULL, lazy, f ? f->len : 0);
             } else {
                 failed++;
                 b->stats.delivery_failures++;
-                mb_emit(b, "message_failed", from,
+                mb_emit_ex(b, "message_failed", from,
                         json_pack("{s:s, s:s, s:O, s:s, s:s, s:i}", "messageId", mid, "from", from, "to", to, "recipient",
                                   r->id, "reason", r->s ? "queue overflow" : "recipient offline", "code",
                                   MP_DELIVERY_FAILED),
-                        sent_id, NULL);
+                        sent_id, NULL, lazy, 0);
             }
         }
         mb_frame_unref(f);

@@ -191,23 +191,16 @@ static void mb__queue_clear(mb_session *s)
         mb__queue_pop(s);
 }
 
-int mb_session_on_writeable(mb_session *s)
+/* Write one chunk of the head frame. Returns 1 if a whole frame was finished,
+ * 0 if only a fragment went out, -1 on a write error. */
+static int mb__write_one(mb_session *s, mb_qent *q)
 {
     mb_broker *b = s->b;
-    mb_qent *q = s->q_head;
-    if (!q || q->gen > b->committed_gen) {
-        if (!q && s->close_after_flush) {
-            if (!mb_observe_is_sse(s))
-                lws_close_reason(s->wsi, (enum lws_close_status)s->close_after_flush, NULL, 0);
-            return -1;
-        }
-        return 0; /* spurious, or waiting for a commit */
-    }
     size_t left = q->f->len - q->off;
     size_t n = left > MB_WRITE_CHUNK ? MB_WRITE_CHUNK : left;
     int first = q->off == 0, last = n == left;
-    int sse = mb_observe_is_sse(s);
-    enum lws_write_protocol wp = sse ? LWS_WRITE_HTTP : lws_write_ws_flags(LWS_WRITE_TEXT, first, last);
+    enum lws_write_protocol wp =
+        mb_observe_is_sse(s) ? LWS_WRITE_HTTP : lws_write_ws_flags(LWS_WRITE_TEXT, first, last);
     /* lws needs LWS_PRE writable bytes in front of the chunk; for continuation
      * fragments the bytes in front are already-sent payload, which we may clobber. */
     unsigned char *p = (unsigned char *)q->f->mem + LWS_PRE + q->off;
@@ -224,11 +217,43 @@ int mb_session_on_writeable(mb_session *s)
     b->stats.bytes_out += n;
     s->progress_at = mb_now();
     q->off += n;
-    if (last) {
-        b->stats.frames_out++;
-        mb__queue_pop(s);
-        if (s->obs)
-            mb_observe_pump(b, s); /* an observer catching up refills as it drains */
+    if (!last)
+        return 0;
+    b->stats.frames_out++;
+    mb__queue_pop(s);
+    if (s->obs)
+        mb_observe_pump(b, s); /* an observer catching up refills as it drains */
+    return 1;
+}
+
+/* Write queued frames while the socket takes them. Each lws_write goes out only
+ * when lws_send_pipe_choked() says the kernel has room, so lws never has to
+ * buffer a write itself (its internal buffer is unbounded); one write per
+ * callback would cap a connection at one frame per loop pass. Bounded per
+ * callback so one busy connection cannot starve the others. */
+int mb_session_on_writeable(mb_session *s)
+{
+    mb_broker *b = s->b;
+    mb_qent *q = s->q_head;
+    if (!q || q->gen > b->committed_gen) {
+        if (!q && s->close_after_flush) {
+            if (!mb_observe_is_sse(s))
+                lws_close_reason(s->wsi, (enum lws_close_status)s->close_after_flush, NULL, 0);
+            return -1;
+        }
+        return 0; /* spurious, or waiting for a commit */
+    }
+    size_t budget = 512 * 1024;
+    for (int i = 0; i < 64; i++) {
+        size_t before = b->stats.bytes_out;
+        int rc = mb__write_one(s, q);
+        if (rc < 0)
+            return -1;
+        size_t wrote = b->stats.bytes_out - before;
+        budget = wrote >= budget ? 0 : budget - wrote;
+        q = s->q_head;
+        if (!q || q->gen > b->committed_gen || !budget || lws_send_pipe_choked(s->wsi))
+            break; /* nothing releasable, budget spent, or the socket is full */
     }
     if ((s->q_head && s->q_head->gen <= b->committed_gen) || (!s->q_head && s->close_after_flush))
         lws_callback_on_writable(s->wsi);
