@@ -22,7 +22,7 @@ cmake -S . -B build-test -DCMAKE_BUILD_TYPE=Debug -DMB_SANITIZE=ON -DMB_WERROR=O
 cmake --build build-test -j"$(nproc)"
 ctest --test-dir build-test --output-on-failure -j2 --timeout 600
 
-# Fuzzers: clang + libFuzzer, bounded run (MB_FUZZ_SECONDS, default 30 s each).
+# Fuzzers: clang + libFuzzer, bounded run (MB_FUZZ_SECONDS each: 60 s here, override in the environment).
 CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DMB_FUZZ=ON -DMB_TESTS=ON >/dev/null
 cmake --build build-fuzz -j"$(nproc)" --target fuzzers >/dev/null
-ctest --test-dir build-fuzz --output-on-failure -R '^fuzz_' --timeout 900
+MB_FUZZ_SECONDS=${MB_FUZZ_SECONDS:-60} ctest --test-dir build-fuzz --output-on-failure -R '^fuzz_' --timeout 900
