@@ -7,23 +7,7 @@
 #include "broker_harness.h"
 #include "mp_err.h"
 
-static bh *H;
-
-static int setup(void **state)
-{
-    tu_setup(state);
-    H = bh_new(NULL);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    bh_free(H);
-    H = NULL;
-    return tu_teardown(state);
-}
-
-#define TB(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+#include "broker_fixture.h"
 
 /* Send raw text on s; return the single frame it produced (or NULL), checking nothing else came. */
 static json_t *one_reply(mb_session *s, const char *text)

@@ -9,23 +9,7 @@
 #include "mail.h"
 #include "mp_err.h"
 
-static bh *H;
-
-static int setup(void **state)
-{
-    tu_setup(state);
-    H = bh_new(NULL);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    bh_free(H);
-    H = NULL;
-    return tu_teardown(state);
-}
-
-#define TB(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+#include "broker_fixture.h"
 
 /* conversation created by s with initial participants; id into out */
 static void new_conv(mb_session *s, const char *initial, char *out)

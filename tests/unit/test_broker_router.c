@@ -8,14 +8,13 @@
 #include "broker_harness.h"
 #include "mp_err.h"
 
-static bh *H;
+#include "broker_fixture.h"
 /* the cast: P <- S (sender) <- C1 <- G ; S <- C2 ; P <- Sib ; client cl ; observer obs */
 static mb_session *sP, *sS, *sC1, *sC2, *sSib, *sCl, *sObs;
 
 static int setup(void **state)
 {
-    tu_setup(state);
-    H = bh_new(NULL);
+    bh_fixture_setup(state);
     sObs = bh_connect(H, "client", "obs");
     sP = bh_agent(H, "P", "lead");
     sS = bh_connect(H, "agent", "pS");
@@ -38,14 +37,8 @@ static int setup(void **state)
     return 0;
 }
 
-static int teardown(void **state)
-{
-    bh_free(H);
-    H = NULL;
-    return tu_teardown(state);
-}
-
-#define TB(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+#undef TB /* this file's setup also builds a lineage of agents */
+#define TB(fn) cmocka_unit_test_setup_teardown(fn, setup, bh_fixture_teardown)
 
 static void address_forms(void **state)
 {
