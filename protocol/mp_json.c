@@ -1,5 +1,6 @@
 #include "mp_json.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -208,36 +209,207 @@ int mp_json_depth(const char *buf, size_t len, int max)
     return maxseen;
 }
 
+/* ---- serializer ----
+ *
+ * Byte-for-byte the output of json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY)
+ * (jansson 2.14: insertion-ordered keys, "\uXXXX" upper-case for control
+ * characters, '/' and non-ASCII bytes written as they are, NULL for invalid
+ * UTF-8), without jansson's per-container loop check (an snprintf("%p") and a
+ * hashtable insert for every object and array, most of the cost of a dump on
+ * the broker's hot paths). A nesting limit stands in for the loop check. */
+
+#define MP__DUMP_MAX_DEPTH 4096
+
 struct mp__dbuf {
     char *p;
     size_t len, cap;
 };
 
-static int mp__dump_cb(const char *chunk, size_t n, void *arg)
+static int mp__grow(struct mp__dbuf *b, size_t need)
 {
-    struct mp__dbuf *b = arg;
-    if (b->len + n + 1 > b->cap) {
-        size_t ncap = b->cap * 2;
-        while (ncap < b->len + n + 1)
-            ncap *= 2;
-        char *np = realloc(b->p, ncap);
-        if (!np)
+    size_t ncap = b->cap ? b->cap : 256;
+    while (ncap < b->len + need + 1) {
+        if (ncap > ((size_t)-1) / 2)
             return -1;
-        b->p = np;
-        b->cap = ncap;
+        ncap *= 2;
     }
-    memcpy(b->p + b->len, chunk, n);
+    char *np = realloc(b->p, ncap);
+    if (!np)
+        return -1;
+    b->p = np;
+    b->cap = ncap;
+    return 0;
+}
+
+static inline int mp__put(struct mp__dbuf *b, const char *s, size_t n)
+{
+    if (b->len + n + 1 > b->cap && mp__grow(b, n))
+        return -1;
+    memcpy(b->p + b->len, s, n);
     b->len += n;
     return 0;
+}
+
+static inline int mp__putc(struct mp__dbuf *b, char c)
+{
+    if (b->len + 2 > b->cap && mp__grow(b, 1))
+        return -1;
+    b->p[b->len++] = c;
+    return 0;
+}
+
+/* Length of the valid UTF-8 sequence at s (first byte >= 0x80), 0 if invalid
+ * (same acceptance as jansson's utf8_check_full: no overlongs, surrogates or
+ * code points above U+10FFFF). */
+static size_t mp__utf8_len(const unsigned char *s, const unsigned char *end)
+{
+    unsigned c = s[0];
+    size_t n;
+    uint32_t cp;
+    if (c >= 0xC2 && c <= 0xDF) {
+        n = 2;
+        cp = c & 0x1F;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        cp = c & 0x0F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        cp = c & 0x07;
+    } else {
+        return 0;
+    }
+    if ((size_t)(end - s) < n)
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xC0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3F);
+    }
+    if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;
+    return n;
+}
+
+/* bytes that end a run of plain ASCII: '"', '\\', controls, non-ASCII */
+static inline int mp__special(unsigned c)
+{
+    return c < 0x20 || c == '"' || c == '\\' || c >= 0x80;
+}
+
+static int mp__dump_str(struct mp__dbuf *b, const char *str, size_t len)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    const unsigned char *p = (const unsigned char *)str, *end = p + len;
+    /* worst case every byte becomes \u00XX */
+    if (b->len + len * 6 + 3 > b->cap && mp__grow(b, len * 6 + 2))
+        return -1;
+    char *o = b->p + b->len;
+    *o++ = '"';
+    while (p < end) {
+        const unsigned char *run = p;
+        while (p < end && !mp__special(*p))
+            p++;
+        memcpy(o, run, (size_t)(p - run));
+        o += p - run;
+        if (p == end)
+            break;
+        unsigned c = *p;
+        if (c >= 0x80) {
+            size_t n = mp__utf8_len(p, end);
+            if (!n)
+                return -1;
+            memcpy(o, p, n);
+            o += n;
+            p += n;
+            continue;
+        }
+        *o++ = '\\';
+        switch (c) {
+        case '"': *o++ = '"'; break;
+        case '\\': *o++ = '\\'; break;
+        case '\b': *o++ = 'b'; break;
+        case '\f': *o++ = 'f'; break;
+        case '\n': *o++ = 'n'; break;
+        case '\r': *o++ = 'r'; break;
+        case '\t': *o++ = 't'; break;
+        default:
+            *o++ = 'u';
+            *o++ = '0';
+            *o++ = '0';
+            *o++ = hex[c >> 4];
+            *o++ = hex[c & 15];
+        }
+        p++;
+    }
+    *o++ = '"';
+    b->len = (size_t)(o - b->p);
+    return 0;
+}
+
+static int mp__dump_val(struct mp__dbuf *b, const json_t *j, int depth)
+{
+    char num[64];
+    switch (json_typeof(j)) {
+    case JSON_OBJECT: {
+        if (depth >= MP__DUMP_MAX_DEPTH || mp__putc(b, '{'))
+            return -1;
+        int first = 1;
+        for (void *it = json_object_iter((json_t *)j); it; it = json_object_iter_next((json_t *)j, it)) {
+            if (!first && mp__putc(b, ','))
+                return -1;
+            first = 0;
+            if (mp__dump_str(b, json_object_iter_key(it), json_object_iter_key_len(it)) || mp__putc(b, ':') ||
+                mp__dump_val(b, json_object_iter_value(it), depth + 1))
+                return -1;
+        }
+        return mp__putc(b, '}');
+    }
+    case JSON_ARRAY: {
+        if (depth >= MP__DUMP_MAX_DEPTH || mp__putc(b, '['))
+            return -1;
+        size_t n = json_array_size(j);
+        for (size_t i = 0; i < n; i++)
+            if ((i && mp__putc(b, ',')) || mp__dump_val(b, json_array_get(j, i), depth + 1))
+                return -1;
+        return mp__putc(b, ']');
+    }
+    case JSON_STRING: return mp__dump_str(b, json_string_value(j), json_string_length(j));
+    case JSON_INTEGER: {
+        /* hand-rolled: snprintf is a visible share of a dump */
+        json_int_t v = json_integer_value(j);
+        unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+        char *e = num + sizeof num, *q = e;
+        do {
+            *--q = (char)('0' + u % 10);
+            u /= 10;
+        } while (u);
+        if (v < 0)
+            *--q = '-';
+        return mp__put(b, q, (size_t)(e - q));
+    }
+    case JSON_REAL: {
+        /* rare on these paths: let jansson format it exactly as it would */
+        size_t n = json_dumpb(j, num, sizeof num, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (n == 0 || n > sizeof num)
+            return -1;
+        return mp__put(b, num, n);
+    }
+    case JSON_TRUE: return mp__put(b, "true", 4);
+    case JSON_FALSE: return mp__put(b, "false", 5);
+    case JSON_NULL: return mp__put(b, "null", 4);
+    }
+    return -1;
 }
 
 char *mp_dump(const json_t *j, size_t headroom, size_t *len)
 {
     struct mp__dbuf b = {.len = headroom, .cap = headroom + 512};
+    if (!j)
+        return NULL;
     b.p = malloc(b.cap);
     if (!b.p)
         return NULL;
-    if (json_dump_callback(j, mp__dump_cb, &b, JSON_COMPACT | JSON_ENCODE_ANY) != 0) {
+    if (mp__dump_val(&b, j, 0)) {
         free(b.p);
         return NULL;
     }

@@ -10,7 +10,8 @@
  *   - the encoded reply parses back as a response carrying the same id;
  *   - parse errors carry -32700/-32600/-32602, and -32700 never carries an id;
  *   - address errors name a field under "to", filter errors one under "filter";
- *   - compiling the same filter twice gives the same match results.
+ *   - compiling the same filter twice gives the same match results;
+ *   - mp_dump writes exactly what json_dumps(JSON_COMPACT | JSON_ENCODE_ANY) does.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -208,6 +209,27 @@ static json_t *handle(const mp_msg *m, mp_err *err)
     return result;
 }
 
+/* mp_dump (our serializer) == json_dumps(JSON_COMPACT | JSON_ENCODE_ANY) for any
+ * value jansson can decode, or both refuse. */
+static void check_dump_matches_jansson(const uint8_t *data, size_t size)
+{
+    json_t *j = json_loadb((const char *)data, size, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    if (!j)
+        return;
+    size_t len = 0, rl = json_dumpb(j, NULL, 0, JSON_COMPACT | JSON_ENCODE_ANY);
+    char *mine = mp_dump(j, 0, &len);
+    if (rl == 0) {
+        CHECK(mine == NULL);
+    } else {
+        char *ref = malloc(rl);
+        CHECK(ref && json_dumpb(j, ref, rl, JSON_COMPACT | JSON_ENCODE_ANY) == rl);
+        CHECK(mine && len == rl && !memcmp(mine, ref, rl));
+        free(ref);
+    }
+    free(mine);
+    json_decref(j);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     mp_limits lim = MP_LIMITS_DEFAULT;
@@ -218,6 +240,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     json_t *reply = NULL, *want_id = NULL;
 
     (void)mp_json_depth((const char *)data, size, lim.max_depth);
+    check_dump_matches_jansson(data, size);
     int rc = mp_rpc_parse((const char *)data, size, &lim, &m, &id, &e);
     if (rc) {
         CHECK(rc == e.code);

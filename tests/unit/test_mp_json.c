@@ -1,6 +1,7 @@
 /* test_mp_json.c - parameter getters, id charset, depth scan, compact encoder. */
 #include "test_util.h"
 
+#include <stdint.h>
 #include <stdio.h>
 
 #include "mp_err.h"
@@ -375,6 +376,127 @@ static void dump_one_huge_chunk(void **state)
     json_decref(j);
 }
 
+/* mp_dump is our own serializer; it must produce exactly what jansson's
+ * json_dumps(JSON_COMPACT | JSON_ENCODE_ANY) produces, and fail where it fails. */
+static void dump_same_as_jansson_one(json_t *j)
+{
+    size_t len = 0;
+    char *mine = mp_dump(j, 3, &len);
+    char *ref = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!ref) {
+        assert_null(mine);
+        return;
+    }
+    assert_non_null(mine);
+    if (len != strlen(ref) || memcmp(mine + 3, ref, len)) /* strlen: refs here never contain a NUL */
+        fail_msg("mp_dump: %s\njansson: %s", mine + 3, ref);
+    free(mine);
+    tu_free(ref);
+}
+
+static uint32_t rnd_state = 12345;
+static uint32_t rnd(void)
+{
+    rnd_state = rnd_state * 1103515245u + 12345u;
+    return rnd_state >> 8;
+}
+
+static json_t *rnd_string(void)
+{
+    static const char *const pieces[] = {"a", "Z", "/", "\"", "\\", "\b", "\f", "\n", "\r", "\t", "\x01", "\x1f",
+                                         "\x7f", " ", "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80", "<tag>",
+                                         "\xed\x9f\xbf", "\xef\xbf\xbf", "\xf4\x8f\xbf\xbf"};
+    char buf[128];
+    size_t n = 0, k = rnd() % 8;
+    for (size_t i = 0; i < k; i++) {
+        const char *pc = pieces[rnd() % (sizeof pieces / sizeof *pieces)];
+        size_t m = strlen(pc);
+        memcpy(buf + n, pc, m);
+        n += m;
+    }
+    return json_stringn(buf, n);
+}
+
+static json_t *rnd_value(int depth)
+{
+    switch (rnd() % (depth > 5 ? 6 : 8)) {
+    case 0: return json_null();
+    case 1: return rnd() & 1 ? json_true() : json_false();
+    case 2: {
+        static const json_int_t ints[] = {0, 1, -1, 9, 10, -10, 1795276113889, INT64_MAX, INT64_MIN};
+        return json_integer(rnd() % 2 ? ints[rnd() % 9] : (json_int_t)rnd() - (1 << 23));
+    }
+    case 3: {
+        static const double reals[] = {0.0, -0.0, 0.1, 1.5, -2.25, 1e300, 1e-300, 123456789.0, 1e22, 5e-324};
+        return json_real(reals[rnd() % 10]);
+    }
+    case 4:
+    case 5: return rnd_string();
+    case 6: {
+        json_t *a = json_array();
+        for (int i = (int)(rnd() % 5); i > 0; i--)
+            json_array_append_new(a, rnd_value(depth + 1));
+        return a;
+    }
+    default: {
+        json_t *o = json_object();
+        for (int i = (int)(rnd() % 5); i > 0; i--) {
+            json_t *k = rnd_string();
+            json_object_set_new(o, json_string_value(k), rnd_value(depth + 1));
+            json_decref(k);
+        }
+        return o;
+    }
+    }
+}
+
+static void dump_same_as_jansson(void **state)
+{
+    (void)state;
+    static const char *const texts[] = {
+        "{}", "[]", "{\"a\":{}}", "[[],[{}]]", "\"\"", "0", "-0", "1.0", "1e5", "-1.5e-7", "true", "null",
+        "{\"key\":\"v\\u0000al\"}", "\"\\u0001\\u001f\\u007f\\/\"", "\"\\ud83d\\ude00\"",
+        "{\"b\":1,\"a\":2,\"c\":[1,2,{\"z\":null}]}", "9223372036854775807", "-9223372036854775808",
+        "[1.7976931348623157e308,2.2250738585072014e-308,100000000000000000000.0]",
+    };
+    for (size_t i = 0; i < sizeof texts / sizeof *texts; i++) {
+        json_t *j = json_loads(texts[i], JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+        assert_non_null(j);
+        if (strstr(texts[i], "\\u0000")) { /* NUL inside: compare lengths and bytes */
+            size_t len, rl = json_dumpb(j, NULL, 0, JSON_COMPACT | JSON_ENCODE_ANY);
+            char *mine = mp_dump(j, 0, &len), ref[128];
+            assert_int_equal(json_dumpb(j, ref, sizeof ref, JSON_COMPACT | JSON_ENCODE_ANY), rl);
+            assert_int_equal(len, rl);
+            assert_memory_equal(mine, ref, rl);
+            free(mine);
+        } else {
+            dump_same_as_jansson_one(j);
+        }
+        json_decref(j);
+    }
+    for (int i = 0; i < 3000; i++) {
+        json_t *j = rnd_value(0);
+        dump_same_as_jansson_one(j);
+        json_decref(j);
+    }
+    /* invalid UTF-8 (only constructible unchecked): both refuse */
+    static const char *const bad[] = {"\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xe2\x82", "\x80", "\xff"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        json_t *j = json_stringn_nocheck(bad[i], strlen(bad[i]));
+        dump_same_as_jansson_one(j);
+        json_decref(j);
+    }
+    /* a cycle: jansson's loop check and our depth limit both refuse */
+    json_t *a = json_array(), *b = json_array();
+    json_array_append(a, b);
+    json_array_append(b, a);
+    size_t len;
+    assert_null(mp_dump(a, 0, &len));
+    json_array_clear(b);
+    json_decref(a);
+    json_decref(b);
+}
+
 static void set_opt_copy_key(void **state)
 {
     (void)state;
@@ -400,7 +522,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         T(get_str),          T(id_charset), T(id_length),  T(get_int),
         T(get_int_range),    T(get_bool),   T(get_obj_arr), T(get_str_arr),
-        T(depth_scan),       T(dump_headroom_and_nul),     T(dump_one_huge_chunk),
+        T(depth_scan),       T(dump_headroom_and_nul),     T(dump_one_huge_chunk), T(dump_same_as_jansson),
         T(set_opt_copy_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
