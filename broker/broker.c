@@ -264,6 +264,7 @@ void mb_broker_free(mb_broker *b)
     mb_map_free(b->resume_tokens, NULL);
     mb_map_free(b->sub_index, NULL);
     free(b->hist);
+    free(b->wbuf);
     mst_close(b->store);
     b->store = NULL;
 }

@@ -306,6 +306,7 @@ struct mb_broker {
     mp_limits limits;
     mp_ulid_gen ulid;
     int64_t started_at;
+    unsigned char *wbuf;          /* LWS_PRE + MB_WRITE_CHUNK: one coalesced write (session.c) */
 
     /* sessions */
     mb_map *sessions;          /* session id -> mb_session* (attached and detached) */

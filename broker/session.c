@@ -2,11 +2,13 @@
  * bounded outbound queue; turns complete messages into dispatch calls.
  *
  * Queue discipline (lws rules): frames are only written from the WRITEABLE
- * callback, one lws_write per callback, large frames in fragments of
- * MB_WRITE_CHUNK bytes, and the callback re-arms itself while work remains.
+ * callback, several frames per write and large frames across several writes
+ * (mb_session_on_writeable), and the callback re-arms itself while work
+ * remains.
  * A frame is releasable only when the store transaction it was produced in
  * has committed (qent.gen <= broker.committed_gen). */
 #include <libwebsockets.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -191,16 +193,16 @@ static void mb__queue_clear(mb_session *s)
         mb__queue_pop(s);
 }
 
-/* Write one chunk of the head frame. Returns 1 if a whole frame was finished,
- * 0 if only a fragment went out, -1 on a write error. */
-static int mb__write_one(mb_session *s, mb_qent *q)
+/* Federation links we dialed are WebSocket clients: their frames must be
+ * masked, so lws frames them. One chunk of the head frame per call; returns 1
+ * if a whole frame was finished, 0 if only a fragment went out, -1 on error. */
+static int mb__write_one_client(mb_session *s, mb_qent *q)
 {
     mb_broker *b = s->b;
     size_t left = q->f->len - q->off;
     size_t n = left > MB_WRITE_CHUNK ? MB_WRITE_CHUNK : left;
     int first = q->off == 0, last = n == left;
-    enum lws_write_protocol wp =
-        mb_observe_is_sse(s) ? LWS_WRITE_HTTP : lws_write_ws_flags(LWS_WRITE_TEXT, first, last);
+    enum lws_write_protocol wp = lws_write_ws_flags(LWS_WRITE_TEXT, first, last);
     /* lws needs LWS_PRE writable bytes in front of the chunk; for continuation
      * fragments the bytes in front are already-sent payload, which we may clobber. */
     unsigned char *p = (unsigned char *)q->f->mem + LWS_PRE + q->off;
@@ -221,16 +223,81 @@ static int mb__write_one(mb_session *s, mb_qent *q)
         return 0;
     b->stats.frames_out++;
     mb__queue_pop(s);
-    if (s->obs)
-        mb_observe_pump(b, s); /* an observer catching up refills as it drains */
     return 1;
 }
 
-/* Write queued frames while the socket takes them. Each lws_write goes out only
- * when lws_send_pipe_choked() says the kernel has room, so lws never has to
- * buffer a write itself (its internal buffer is unbounded); one write per
- * callback would cap a connection at one frame per loop pass. Bounded per
- * callback so one busy connection cannot starve the others. */
+/* Server-side WebSocket frame header (unmasked, FIN, text) for a payload of
+ * len bytes; returns its size (2, 4 or 10). */
+static size_t mb__ws_header(unsigned char *h, size_t len)
+{
+    h[0] = 0x81;
+    if (len < 126) {
+        h[1] = (unsigned char)len;
+        return 2;
+    }
+    if (len < 65536) {
+        h[1] = 126;
+        h[2] = (unsigned char)(len >> 8);
+        h[3] = (unsigned char)len;
+        return 4;
+    }
+    h[1] = 127;
+    for (int i = 0; i < 8; i++)
+        h[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
+    return 10;
+}
+
+/* Fill one write of at most MB_WRITE_CHUNK bytes from the releasable head of
+ * the queue: each frame's header and payload, as many frames as fit, the last
+ * one possibly in part (q->off counts the bytes of header + payload already
+ * handed over). SSE sessions get the bytes without WebSocket framing. */
+static size_t mb__gather(mb_session *s, unsigned char *out)
+{
+    mb_broker *b = s->b;
+    int sse = mb_observe_is_sse(s);
+    size_t n = 0;
+    for (mb_qent *q = s->q_head; q && q->gen <= b->committed_gen && n < MB_WRITE_CHUNK; q = s->q_head) {
+        unsigned char h[10];
+        size_t hl = sse ? 0 : mb__ws_header(h, q->f->len);
+        size_t total = hl + q->f->len;
+        while (q->off < total && n < MB_WRITE_CHUNK) {
+            if (q->off < hl) {
+                size_t k = hl - q->off;
+                if (k > MB_WRITE_CHUNK - n)
+                    k = MB_WRITE_CHUNK - n;
+                memcpy(out + n, h + q->off, k);
+                n += k;
+                q->off += k;
+                continue;
+            }
+            size_t k = total - q->off;
+            if (k > MB_WRITE_CHUNK - n)
+                k = MB_WRITE_CHUNK - n;
+            memcpy(out + n, mb_frame_data(q->f) + (q->off - hl), k);
+            n += k;
+            q->off += k;
+            b->stats.bytes_out += k;
+        }
+        if (q->off < total)
+            break; /* the write is full; this frame continues in the next one */
+        b->stats.frames_out++;
+        mb__queue_pop(s);
+        if (s->obs)
+            mb_observe_pump(b, s); /* an observer catching up refills as it drains */
+    }
+    return n;
+}
+
+/* Write queued frames while the socket takes them, several frames per write:
+ * a connection with many small frames waiting (a busy receiver, an observer
+ * of a busy conversation) costs one send() per MB_WRITE_CHUNK bytes instead of
+ * one per frame. The frames are written raw (LWS_WRITE_HTTP skips lws's own
+ * framing), always whole frames in order; lws keeps whatever the kernel does
+ * not take in its buffer and flushes it before anything else, so frames never
+ * interleave. Each write goes out only when lws_send_pipe_choked() says there
+ * is room, and at most MB_WRITE_CHUNK (the protocol's tx_packet_size) per
+ * write, so lws never has to hold more than one chunk. Bounded per callback
+ * so one busy connection cannot starve the others. */
 int mb_session_on_writeable(mb_session *s)
 {
     mb_broker *b = s->b;
@@ -243,17 +310,24 @@ int mb_session_on_writeable(mb_session *s)
         }
         return 0; /* spurious, or waiting for a commit */
     }
-    size_t budget = 512 * 1024;
-    for (int i = 0; i < 64; i++) {
-        size_t before = b->stats.bytes_out;
-        int rc = mb__write_one(s, q);
-        if (rc < 0)
-            return -1;
-        size_t wrote = b->stats.bytes_out - before;
-        budget = wrote >= budget ? 0 : budget - wrote;
+    if (!b->wbuf && !(b->wbuf = malloc(LWS_PRE + MB_WRITE_CHUNK)))
+        return 0;
+    for (int i = 0; i < 8; i++) {
+        if (s->peer_system) {
+            if (mb__write_one_client(s, q) < 0)
+                return -1;
+        } else {
+            unsigned char *out = b->wbuf + LWS_PRE;
+            size_t n = mb__gather(s, out);
+            if (n && lws_write(s->wsi, out, n, LWS_WRITE_HTTP) < (int)n) {
+                mb_warn(s->session_id, "write failed (%zu bytes); closing", n);
+                return -1;
+            }
+            s->progress_at = mb_now();
+        }
         q = s->q_head;
-        if (!q || q->gen > b->committed_gen || !budget || lws_send_pipe_choked(s->wsi))
-            break; /* nothing releasable, budget spent, or the socket is full */
+        if (!q || q->gen > b->committed_gen || lws_send_pipe_choked(s->wsi))
+            break; /* nothing releasable, or the socket is full */
     }
     if ((s->q_head && s->q_head->gen <= b->committed_gen) || (!s->q_head && s->close_after_flush))
         lws_callback_on_writable(s->wsi);

@@ -188,6 +188,18 @@ btest('T6 plain and TLS listeners side by side: one agent on wss, one client on 
   await plain.rpc('map/send', { to: { agent: aid }, payload: { via: 'plain' } });
   const m = await secure.waitFor((f) => f.method === 'map/message');
   assert.deepEqual(m.params.message.payload, { via: 'plain' });
+  // several frames per TLS write (a burst) and one frame across several writes (300 KB), in order, intact
+  const big = 'b\u00e9'.repeat(150000);
+  const sends = [];
+  for (let i = 0; i < 200; i++) sends.push(plain.rpc('map/send', { to: { agent: aid }, payload: { i } }));
+  sends.push(plain.rpc('map/send', { to: { agent: aid }, payload: { i: 200, big } }));
+  for (let i = 201; i < 260; i++) sends.push(plain.rpc('map/send', { to: { agent: aid }, payload: { i } }));
+  await Promise.all(sends);
+  await secure.waitFor((f) => f.method === 'map/message' && f.params.message.payload.i === 259);
+  const seen = secure.frames.filter((f) => f.method === 'map/message' && typeof f.params.message.payload.i === 'number')
+    .map((f) => f.params.message.payload);
+  assert.deepEqual(seen.map((p) => p.i), [...Array(260).keys()]);
+  assert.equal(seen[200].big, big);
   // a plain ws handshake on the TLS port and a TLS handshake on the plain port both fail
   await assert.rejects(rawOpen(`ws://127.0.0.1:${b.tport}/`));
   await assert.rejects(rawOpen(`wss://localhost:${b.port}/`, { ca: F.ca.cert }));
