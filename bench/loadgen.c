@@ -34,7 +34,10 @@
  * reported too (server_cpu_pct; 100 = one core).
  */
 #define _GNU_SOURCE /* memmem */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <libwebsockets.h>
@@ -45,6 +48,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -217,6 +222,7 @@ typedef struct conn {
     int64_t *tsent;    /* TRING send times */
     long long obs_turns, obs_last_seq;
     int got_hello;
+    int fd, upgraded; /* raw observers (see open_raw_observer) */
 } conn;
 
 static struct {
@@ -375,8 +381,14 @@ static void turn_template(conn *c)
 
 /* ---------------------------------------------------------------- connections */
 
+static void open_raw_observer(conn *c, const char *path);
+
 static void open_conn(conn *c, const char *path)
 {
+    if (c->role == R_OBSERVER) {
+        open_raw_observer(c, path);
+        return;
+    }
     struct lws_client_connect_info i;
     memset(&i, 0, sizeof i);
     i.context = G.ctx;
@@ -739,6 +751,204 @@ static int lg_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, 
         break;
     default:
         break;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- raw observers
+ *
+ * Observers only read, and in fan-out one process reads every frame the
+ * broker writes to 1000 sockets (1M frames/s at 1000 turns/s). lws's client
+ * parses incoming WebSocket data one byte at a time, which made the loadgen,
+ * not the broker, the bottleneck of that scenario (perf: ~70 % of the loadgen
+ * in lws's rx state machine), and lws's poll() over 1000 descriptors was
+ * most of the rest. So observers are plain sockets: a blocking connect and
+ * HTTP upgrade, then an epoll set (whose one descriptor lws polls, adopted as
+ * a raw file) says which are readable, and frames are cut from 64 KiB recv()s
+ * by their length headers. */
+
+static int g_epfd = -1;
+static void raw_close(conn *c);
+
+static void raw_fail(conn *c, const char *why)
+{
+    if (G.pending_open > 0 && (c->st == C_CONNECTING || c->st == C_HANDSHAKE) && !c->upgraded)
+        G.pending_open--;
+    if (c->st != C_DEAD) {
+        if (c->upgraded && G.phase != P_DONE)
+            G.closed_early++;
+        else if (!c->upgraded)
+            G.conn_failed++;
+    }
+    if (!G.first_err[0] && why)
+        snprintf(G.first_err, sizeof G.first_err, "observer %d: %s", c->idx, why);
+    c->st = C_DEAD;
+}
+
+static void open_raw_observer(conn *c, const char *path)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai = NULL;
+    char port[16];
+    snprintf(port, sizeof port, "%d", G.port);
+    c->st = C_CONNECTING;
+    c->fd = -1;
+    if (getaddrinfo(G.url_host, port, &hints, &ai) || !ai) {
+        raw_fail(c, "cannot resolve host");
+        return;
+    }
+    int fd = socket(ai->ai_family, SOCK_STREAM, 0);
+    if (fd < 0 || connect(fd, ai->ai_addr, ai->ai_addrlen)) {
+        freeaddrinfo(ai);
+        if (fd >= 0)
+            close(fd);
+        raw_fail(c, strerror(errno));
+        return;
+    }
+    freeaddrinfo(ai);
+    char req[1024];
+    int n = snprintf(req, sizeof req,
+                     "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                     path, G.url_host, G.port);
+    if (n <= 0 || n >= (int)sizeof req || send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
+        close(fd);
+        raw_fail(c, "cannot send the upgrade request");
+        return;
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    c->fd = fd;
+    c->st = C_HANDSHAKE;
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+    if (epoll_ctl(g_epfd, EPOLL_CTL_ADD, fd, &ev)) {
+        close(fd);
+        c->fd = -1;
+        raw_fail(c, "epoll_ctl failed");
+    }
+}
+
+/* Cut complete frames off c->rx; returns -1 when the connection must close. */
+static int raw_frames(conn *c)
+{
+    size_t off = 0;
+    if (!c->upgraded) {
+        char *end = memmem(c->rx, c->rx_len, "\r\n\r\n", 4);
+        if (!end)
+            return c->rx_len > 8192 ? -1 : 0;
+        if (c->rx_len < 12 || memcmp(c->rx + 9, "101", 3)) {
+            raw_fail(c, "upgrade refused");
+            return -1;
+        }
+        c->upgraded = 1;
+        if (G.pending_open > 0)
+            G.pending_open--;
+        off = (size_t)(end + 4 - c->rx);
+    }
+    while (c->rx_len - off >= 2) {
+        const unsigned char *h = (const unsigned char *)c->rx + off;
+        size_t avail = c->rx_len - off, hl = 2;
+        uint64_t pl = h[1] & 0x7f;
+        if (pl == 126) {
+            if (avail < 4)
+                break;
+            pl = (uint64_t)h[2] << 8 | h[3];
+            hl = 4;
+        } else if (pl == 127) {
+            if (avail < 10)
+                break;
+            pl = 0;
+            for (int i = 0; i < 8; i++)
+                pl = pl << 8 | h[2 + i];
+            hl = 10;
+        }
+        if (h[1] & 0x80)
+            return -1; /* servers never mask */
+        if (avail < hl + pl) {
+            if (hl + pl > c->rx_cap) { /* make room for this frame */
+                char *n = realloc(c->rx, hl + pl);
+                if (!n)
+                    die("out of memory");
+                c->rx = n;
+                c->rx_cap = hl + pl;
+            }
+            break;
+        }
+        int op = h[0] & 0x0f;
+        if (op == 1 || op == 0)
+            on_message(c, c->rx + off + hl, (size_t)pl);
+        else if (op == 8)
+            return -1;
+        else if (op == 9 && pl <= 125) { /* ping: answer with a masked pong, zero mask */
+            unsigned char pong[2 + 4 + 125];
+            pong[0] = 0x8a;
+            pong[1] = (unsigned char)(0x80 | pl);
+            memset(pong + 2, 0, 4);
+            memcpy(pong + 6, h + hl, (size_t)pl);
+            (void)!send(c->fd, pong, 6 + (size_t)pl, MSG_NOSIGNAL);
+        }
+        off += hl + (size_t)pl;
+    }
+    memmove(c->rx, c->rx + off, c->rx_len - off);
+    c->rx_len -= off;
+    return 0;
+}
+
+static void raw_close(conn *c)
+{
+    if (c->st != C_DEAD)
+        raw_fail(c, NULL);
+    if (c->fd >= 0) {
+        epoll_ctl(g_epfd, EPOLL_CTL_DEL, c->fd, NULL);
+        close(c->fd);
+    }
+    c->fd = -1;
+}
+
+/* Drain one observer socket. */
+static void raw_read(conn *c)
+{
+    for (;;) {
+        if (c->rx_cap - c->rx_len < 16384) {
+            size_t cap = c->rx_cap ? c->rx_cap * 2 : 65536;
+            char *n = realloc(c->rx, cap);
+            if (!n)
+                die("out of memory");
+            c->rx = n;
+            c->rx_cap = cap;
+        }
+        ssize_t n = recv(c->fd, c->rx + c->rx_len, c->rx_cap - c->rx_len, 0);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            if (n < 0)
+                raw_fail(c, strerror(errno));
+            raw_close(c);
+            return;
+        }
+        c->rx_len += (size_t)n;
+        if (raw_frames(c)) {
+            raw_close(c);
+            return;
+        }
+    }
+}
+
+/* The epoll descriptor is readable: serve the observer sockets that are. */
+static int epoll_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+{
+    (void)wsi;
+    (void)user;
+    (void)in;
+    (void)len;
+    if (reason != LWS_CALLBACK_RAW_RX_FILE)
+        return 0;
+    struct epoll_event evs[256];
+    int n = epoll_wait(g_epfd, evs, 256, 0);
+    for (int i = 0; i < n; i++) {
+        conn *c = evs[i].data.ptr;
+        if (c->fd >= 0)
+            raw_read(c);
     }
     return 0;
 }
@@ -1216,6 +1426,7 @@ int main(int argc, char **argv)
 
     static struct lws_protocols protocols[] = {
         {"lg", lg_cb, 0, 65536, 0, NULL, 0},
+        {"lg-epoll", epoll_cb, 0, 0, 0, NULL, 0},
         {NULL, NULL, 0, 0, 0, NULL, 0},
     };
     if (G.scen == SC_IDLE || G.scen == SC_FANOUT)
@@ -1231,6 +1442,12 @@ int main(int argc, char **argv)
     G.ctx = lws_create_context(&info);
     if (!G.ctx)
         die("cannot create the lws context");
+    g_epfd = epoll_create1(EPOLL_CLOEXEC);
+    lws_sock_file_fd_type ep;
+    ep.filefd = (lws_filefd_type)g_epfd;
+    if (g_epfd < 0 || !lws_adopt_descriptor_vhost(lws_get_vhost_by_name(G.ctx, "default"), LWS_ADOPT_RAW_FILE_DESC,
+                                                  ep, "lg-epoll", NULL))
+        die("cannot set up the observers' epoll set");
 
     switch (G.scen) {
     case SC_SEND:
