@@ -1,5 +1,6 @@
 /* The method table and the single entry point every request goes through:
  * state gate (connected? authenticated?), permission gate, handler, reply. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "auth.h"
@@ -25,6 +26,37 @@ const mb_method *mb_method_find(const char *name)
     return mb_map_get(index, name);
 }
 
+/* {"jsonrpc":"2.0","id":ID,"result":RAW} around an already encoded result
+ * (same bytes mp_rpc_result + mp_dump would give). */
+static int mb__reply_raw(mb_ctx *cx, json_t *id)
+{
+    size_t idn;
+    char *idt = mp_dump(id ? id : json_null(), 0, &idn);
+    if (!idt)
+        return -1;
+    static const char head[] = "{\"jsonrpc\":\"2.0\",\"id\":", mid[] = ",\"result\":";
+    size_t len = sizeof head - 1 + idn + sizeof mid - 1 + cx->result_raw_len + 1;
+    mb_frame *f = mb_frame_alloc(len);
+    if (!f) {
+        free(idt);
+        return -1;
+    }
+    char *p = mb_frame_buf(f);
+    memcpy(p, head, sizeof head - 1);
+    p += sizeof head - 1;
+    memcpy(p, idt, idn);
+    p += idn;
+    memcpy(p, mid, sizeof mid - 1);
+    p += sizeof mid - 1;
+    memcpy(p, cx->result_raw, cx->result_raw_len);
+    p += cx->result_raw_len;
+    *p = '}';
+    free(idt);
+    mb_session_send(cx->s, f, MB_Q_RESPONSE); /* the handler may have moved us to another session (resume) */
+    mb_frame_unref(f);
+    return 0;
+}
+
 void mb_dispatch(mb_session *s, mp_msg *m)
 {
     mb_broker *b = s->b;
@@ -46,7 +78,9 @@ void mb_dispatch(mb_session *s, mp_msg *m)
         if (!rc)
             rc = meth->fn(&cx);
     }
-    if (m->kind == MP_KIND_REQUEST) {
+    if (m->kind == MP_KIND_REQUEST && !rc && cx.result_raw && mb__reply_raw(&cx, m->id) == 0) {
+        /* sent */
+    } else if (m->kind == MP_KIND_REQUEST) {
         json_t *reply;
         if (rc) {
             if (!cx.err.code)
@@ -63,6 +97,7 @@ void mb_dispatch(mb_session *s, mp_msg *m)
         json_decref(reply);
     }
     json_decref(cx.result);
+    free(cx.result_raw);
     if (cx.after && !rc)
         cx.after(&cx, cx.after_arg);
     else if (cx.after_arg && cx.after)

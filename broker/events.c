@@ -211,8 +211,69 @@ mb_event *mb_emit(mb_broker *b, const char *type, const char *source, json_t *da
     return mb_emit_ex(b, type, source, data, caused_by, id_out, 0, 0);
 }
 
+/* The Event text with data spliced in as given: the same bytes
+ * mb__event_encode writes ({id,type,timestamp,source?,data,causedBy?}). */
+static int mb__event_splice(mb_event *ev, const char *data_text, size_t data_len)
+{
+    size_t tn, sn = 0;
+    char *tq = mp_quote(ev->type, strlen(ev->type), &tn);
+    char *sq = ev->source ? mp_quote(ev->source, strlen(ev->source), &sn) : NULL;
+    size_t cbn = ev->caused_by ? strlen(ev->caused_by) : 0;
+    size_t cap = 64 + sizeof ev->id + tn + sn + data_len + cbn + 16;
+    char *t = malloc(cap);
+    if (!tq || (ev->source && !sq) || !t) {
+        free(tq);
+        free(sq);
+        free(t);
+        return -1;
+    }
+    int n = snprintf(t, cap, "{\"id\":\"%s\",\"type\":%s,\"timestamp\":%" PRId64 ",", ev->id, tq, ev->ts);
+    size_t len = (size_t)n;
+    if (sq) {
+        memcpy(t + len, "\"source\":", 9);
+        len += 9;
+        memcpy(t + len, sq, sn);
+        len += sn;
+        t[len++] = ',';
+    }
+    memcpy(t + len, "\"data\":", 7);
+    len += 7;
+    memcpy(t + len, data_text, data_len);
+    len += data_len;
+    if (ev->caused_by) {
+        memcpy(t + len, ",\"causedBy\":", 12);
+        len += 12;
+        memcpy(t + len, ev->caused_by, cbn);
+        len += cbn;
+    }
+    t[len++] = '}';
+    t[len] = '\0';
+    free(tq);
+    free(sq);
+    ev->text = t;
+    ev->text_len = len;
+    return 0;
+}
+
+static mb_event *mb__emit(mb_broker *b, const char *type, const char *source, json_t *data, const char *data_text,
+                          size_t data_len, const char *caused_by, char id_out[MP_ULID_LEN + 1], int lazy,
+                          size_t size_hint);
+
+mb_event *mb_emit_text(mb_broker *b, const char *type, const char *source, json_t *data, const char *data_text,
+                       size_t data_len)
+{
+    return mb__emit(b, type, source, data, data_text, data_len, NULL, NULL, 0, 0);
+}
+
 mb_event *mb_emit_ex(mb_broker *b, const char *type, const char *source, json_t *data, const char *caused_by,
                      char id_out[MP_ULID_LEN + 1], int lazy, size_t size_hint)
+{
+    return mb__emit(b, type, source, data, NULL, 0, caused_by, id_out, lazy, size_hint);
+}
+
+static mb_event *mb__emit(mb_broker *b, const char *type, const char *source, json_t *data, const char *data_text,
+                          size_t data_len, const char *caused_by, char id_out[MP_ULID_LEN + 1], int lazy,
+                          size_t size_hint)
 {
     mb_event *ev = calloc(1, sizeof *ev);
     if (!ev) {
@@ -237,7 +298,7 @@ mb_event *mb_emit_ex(mb_broker *b, const char *type, const char *source, json_t 
     }
     /* lazy only where nothing needs the text now: not persisted, no subscriber */
     lazy = lazy && mb__is_message_event(type) && mb_map_size(b->sub_index) == 0;
-    if (!ev->type || (!lazy && mb__event_encode(ev))) {
+    if (!ev->type || (!lazy && (data_text ? mb__event_splice(ev, data_text, data_len) : mb__event_encode(ev)))) {
         mb__event_free(ev);
         return NULL;
     }

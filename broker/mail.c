@@ -11,6 +11,7 @@
 #include "mail.h"
 
 #include <stdlib.h>
+#include <inttypes.h>
 #include <string.h>
 
 #include "auth.h"
@@ -438,8 +439,31 @@ static int mb__validate_turn_metadata(mb_ctx *cx, json_t *md)
     return 0;
 }
 
-/* Record a turn (assumes everything was validated). Returns the Turn (new ref) or NULL. */
-static json_t *mb__record_turn(mb_broker *b, mb_conv *c, struct mb__turn_spec *sp, const char *event_source)
+/* The mail.turn.added data {"conversationId","turn","seq"} around the turn's
+ * text (what mp_dump of the json_pack below would write). */
+static char *mb__turn_added_text(const char *conv_id, const char *turn, size_t turn_len, uint64_t seq, size_t *len)
+{
+    size_t qn;
+    char *q = mp_quote(conv_id, strlen(conv_id), &qn);
+    size_t cap = qn + turn_len + 64;
+    char *t = q ? malloc(cap) : NULL;
+    if (!t) {
+        free(q);
+        return NULL;
+    }
+    int n = snprintf(t, cap, "{\"conversationId\":%s,\"turn\":", q);
+    memcpy(t + n, turn, turn_len);
+    n += (int)turn_len;
+    n += snprintf(t + n, cap - (size_t)n, ",\"seq\":%" PRIu64 "}", seq);
+    free(q);
+    *len = (size_t)n;
+    return t;
+}
+
+/* Record a turn (assumes everything was validated). Returns the Turn (new ref)
+ * or NULL; with txt_out, also its encoded text (malloc, the caller frees). */
+static json_t *mb__record_turn(mb_broker *b, mb_conv *c, struct mb__turn_spec *sp, const char *event_source,
+                               char **txt_out, size_t *len_out)
 {
     char id[48];
     mb_new_id(b, "turn-", id, sizeof id);
@@ -467,9 +491,9 @@ static json_t *mb__record_turn(mb_broker *b, mb_conv *c, struct mb__turn_spec *s
                           .participant = sp->participant, .content_type = sp->content_type, .ts = now, .json = txt,
                           .len = len};
     int rc = txt ? mst_turn_append(b->store, &st) : MST_ENOMEM;
-    free(txt);
     if (rc) {
         mb_error("mail", "turn not recorded in %s: %s (%s)", c->id, mst_strerror(rc), mst_last_error(b->store));
+        free(txt);
         json_decref(t);
         return NULL;
     }
@@ -489,7 +513,20 @@ static json_t *mb__record_turn(mb_broker *b, mb_conv *c, struct mb__turn_spec *s
             mb__persist(b, MST_THREAD, c->id, th->id, th->doc);
         }
     }
-    mb_emit(b, "mail.turn.added", event_source, json_pack("{s:s, s:O, s:I}", "conversationId", c->id, "turn", t, "seq", (json_int_t)c->last_seq), NULL, NULL);
+    json_t *added = json_pack("{s:s, s:O, s:I}", "conversationId", c->id, "turn", t, "seq", (json_int_t)c->last_seq);
+    size_t dn;
+    char *dt = mb__turn_added_text(c->id, txt, len, c->last_seq, &dn);
+    if (dt)
+        mb_emit_text(b, "mail.turn.added", event_source, added, dt, dn);
+    else
+        mb_emit(b, "mail.turn.added", event_source, added, NULL, NULL);
+    free(dt);
+    if (txt_out) {
+        *txt_out = txt;
+        *len_out = len;
+    } else {
+        free(txt);
+    }
     json_t *md = json_object_get(t, "metadata");
     const char *handoff = json_string_value(json_object_get(md, "handoff_target"));
     if (handoff)
@@ -783,7 +820,7 @@ static int h_create(mb_ctx *cx)
                                    .visibility = json_object_get(iturn, "visibility"),
                                    .metadata = json_object_get(iturn, "metadata"),
                                    .source = json_pack("{s:s, s:s}", "type", "explicit", "method", "mail/turn")};
-        json_t *t = mb__record_turn(b, c, &sp, me);
+        json_t *t = mb__record_turn(b, c, &sp, me, NULL, NULL);
         json_decref(sp.source);
         if (!t)
             return mb__store_fail(cx);
@@ -1174,11 +1211,25 @@ static int h_turn(mb_ctx *cx)
     struct mb__turn_spec sp = {.participant = p->id, .content_type = ct, .content = content, .thread_id = thread,
                                .in_reply_to = reply, .visibility = vis, .metadata = md,
                                .source = json_pack("{s:s, s:s}", "type", "explicit", "method", "mail/turn")};
-    json_t *t = mb__record_turn(cx->b, c, &sp, p->id);
+    char *txt = NULL;
+    size_t len = 0;
+    json_t *t = mb__record_turn(cx->b, c, &sp, p->id, &txt, &len);
     json_decref(sp.source);
     if (!t)
         return mb__store_fail(cx);
-    cx->result = json_pack("{s:o}", "turn", t);
+    /* the reply {"turn": ...} splices the text already encoded for the store */
+    char *r = malloc(len + 10);
+    if (r) {
+        memcpy(r, "{\"turn\":", 8);
+        memcpy(r + 8, txt, len);
+        r[8 + len] = '}';
+        cx->result_raw = r;
+        cx->result_raw_len = len + 9;
+        json_decref(t);
+    } else {
+        cx->result = json_pack("{s:o}", "turn", t);
+    }
+    free(txt);
     return 0;
 }
 
@@ -1488,7 +1539,7 @@ void mb_mail_intercept(mb_broker *b, mb_session *s, const char *message_id, json
                                .thread_id = thread, .in_reply_to = reply, .visibility = vis,
                                .metadata = json_object_get(mail, "metadata"),
                                .source = json_pack("{s:s, s:s}", "type", "intercepted", "messageId", message_id)};
-    json_t *t = mb__record_turn(b, c, &sp, me);
+    json_t *t = mb__record_turn(b, c, &sp, me, NULL, NULL);
     json_decref(sp.source);
     json_decref(t);
 }
@@ -1522,7 +1573,7 @@ void mb_mail_on_spawn(mb_broker *b, mb_session *s, mb_agent *child, mb_agent *pa
         struct mb__turn_spec sp = {.participant = spawner, .content_type = "event",
                                    .content = json_pack("{s:s, s:s}", "event", "task.spawned", "agentId", child->id),
                                    .source = json_pack("{s:s, s:s}", "type", "explicit", "method", "map/agents/spawn")};
-        mark = mb__record_turn(b, pc, &sp, spawner);
+        mark = mb__record_turn(b, pc, &sp, spawner, NULL, NULL);
         json_decref(sp.content);
         json_decref(sp.source);
     }
@@ -1560,7 +1611,7 @@ void mb_mail_on_agent_stop(mb_broker *b, mb_agent *a, const char *reason)
     struct mb__turn_spec sp = {.participant = a->id, .content_type = "event", .content = content,
                                .metadata = json_pack("{s:s}", "stop_reason", stop),
                                .source = json_pack("{s:s, s:s}", "type", "explicit", "method", "map/agents/stop")};
-    json_t *t = mb__record_turn(b, c, &sp, a->id);
+    json_t *t = mb__record_turn(b, c, &sp, a->id, NULL, NULL);
     json_decref(t);
     json_decref(content);
     json_decref(sp.metadata);

@@ -418,6 +418,21 @@ char *mp_dump(const json_t *j, size_t headroom, size_t *len)
     return b.p;
 }
 
+char *mp_quote(const char *s, size_t n, size_t *len)
+{
+    struct mp__dbuf b = {.len = 0, .cap = n + 16};
+    b.p = malloc(b.cap);
+    if (!b.p)
+        return NULL;
+    if (mp__dump_str(&b, s, n)) {
+        free(b.p);
+        return NULL;
+    }
+    b.p[b.len] = '\0';
+    *len = b.len;
+    return b.p;
+}
+
 int mp_glob_list_match(const json_t *list, const char *s)
 {
     if (!s)

@@ -48,6 +48,11 @@ int mp_json_depth(const char *buf, size_t len, int max);
  * and a NUL follows the text. Returns NULL on OOM or unencodable input. */
 char *mp_dump(const json_t *j, size_t headroom, size_t *len);
 
+/* s (n bytes of UTF-8) as a JSON string literal, quotes included, escaped as
+ * mp_dump escapes; a fresh malloc block, NUL-terminated, *len = its length.
+ * NULL on OOM or invalid UTF-8. */
+char *mp_quote(const char *s, size_t n, size_t *len);
+
 /* 1 if s equals an entry of `list` (an array of strings), where an entry ending in
  * '*' matches by prefix ("worker-*"). Non-string entries never match; s NULL -> 0. */
 int mp_glob_list_match(const json_t *list, const char *s);
