@@ -247,39 +247,22 @@ static size_t mb__ws_header(unsigned char *h, size_t len)
     return 10;
 }
 
-/* Fill one write of at most MB_WRITE_CHUNK bytes from the releasable head of
- * the queue: each frame's header and payload, as many frames as fit, the last
- * one possibly in part (q->off counts the bytes of header + payload already
- * handed over). SSE sessions get the bytes without WebSocket framing. */
-static size_t mb__gather(mb_session *s, unsigned char *out)
+/* Copy whole frames from the releasable head of the queue into out (at most
+ * MB_WRITE_CHUNK bytes), each WebSocket frame with its header; SSE sessions
+ * get the bytes without framing. Stops before a frame that does not fit. */
+static size_t mb__gather(mb_session *s, unsigned char *out, int sse)
 {
     mb_broker *b = s->b;
-    int sse = mb_observe_is_sse(s);
     size_t n = 0;
-    for (mb_qent *q = s->q_head; q && q->gen <= b->committed_gen && n < MB_WRITE_CHUNK; q = s->q_head) {
-        unsigned char h[10];
-        size_t hl = sse ? 0 : mb__ws_header(h, q->f->len);
-        size_t total = hl + q->f->len;
-        while (q->off < total && n < MB_WRITE_CHUNK) {
-            if (q->off < hl) {
-                size_t k = hl - q->off;
-                if (k > MB_WRITE_CHUNK - n)
-                    k = MB_WRITE_CHUNK - n;
-                memcpy(out + n, h + q->off, k);
-                n += k;
-                q->off += k;
-                continue;
-            }
-            size_t k = total - q->off;
-            if (k > MB_WRITE_CHUNK - n)
-                k = MB_WRITE_CHUNK - n;
-            memcpy(out + n, mb_frame_data(q->f) + (q->off - hl), k);
-            n += k;
-            q->off += k;
-            b->stats.bytes_out += k;
-        }
-        if (q->off < total)
-            break; /* the write is full; this frame continues in the next one */
+    for (mb_qent *q = s->q_head; q && q->gen <= b->committed_gen; q = s->q_head) {
+        size_t hl = sse ? 0 : (q->f->len < 126 ? 2 : q->f->len < 65536 ? 4 : 10);
+        if (n + hl + q->f->len > MB_WRITE_CHUNK)
+            break;
+        if (!sse)
+            mb__ws_header(out + n, q->f->len);
+        memcpy(out + n + hl, mb_frame_data(q->f), q->f->len);
+        n += hl + q->f->len;
+        b->stats.bytes_out += q->f->len;
         b->stats.frames_out++;
         mb__queue_pop(s);
         if (s->obs)
@@ -288,16 +271,39 @@ static size_t mb__gather(mb_session *s, unsigned char *out)
     return n;
 }
 
+/* A frame too big for one chunk goes out in one lws_write from its own
+ * memory, header in the LWS_PRE headroom (the same bytes for every recipient
+ * of a shared frame). lws sends what the socket takes and keeps the rest in
+ * its own buffer, which it drains before anything else, pings and pongs
+ * included, so no control frame can land inside this one. */
+static int mb__write_big(mb_session *s, int sse)
+{
+    mb_broker *b = s->b;
+    mb_qent *q = s->q_head;
+    unsigned char h[10];
+    size_t hl = sse ? 0 : mb__ws_header(h, q->f->len);
+    unsigned char *p = (unsigned char *)q->f->mem + LWS_PRE - hl;
+    memcpy(p, h, hl);
+    size_t n = hl + q->f->len;
+    if (lws_write(s->wsi, p, n, LWS_WRITE_HTTP) < (int)n)
+        return -1;
+    b->stats.bytes_out += q->f->len;
+    b->stats.frames_out++;
+    mb__queue_pop(s);
+    if (s->obs)
+        mb_observe_pump(b, s);
+    return 0;
+}
+
 /* Write queued frames while the socket takes them, several frames per write:
  * a connection with many small frames waiting (a busy receiver, an observer
  * of a busy conversation) costs one send() per MB_WRITE_CHUNK bytes instead of
  * one per frame. The frames are written raw (LWS_WRITE_HTTP skips lws's own
- * framing), always whole frames in order; lws keeps whatever the kernel does
- * not take in its buffer and flushes it before anything else, so frames never
- * interleave. Each write goes out only when lws_send_pipe_choked() says there
- * is room, and at most MB_WRITE_CHUNK (the protocol's tx_packet_size) per
- * write, so lws never has to hold more than one chunk. Bounded per callback
- * so one busy connection cannot starve the others. */
+ * framing) and every lws_write carries whole frames only: lws keeps whatever
+ * the kernel does not take and flushes it before anything else, so frames
+ * never interleave with each other or with lws's pings, pongs and close.
+ * Each write goes out only when lws_send_pipe_choked() says there is room.
+ * Bounded per callback so one busy connection cannot starve the others. */
 int mb_session_on_writeable(mb_session *s)
 {
     mb_broker *b = s->b;
@@ -317,10 +323,15 @@ int mb_session_on_writeable(mb_session *s)
             if (mb__write_one_client(s, q) < 0)
                 return -1;
         } else {
+            int sse = mb_observe_is_sse(s);
             unsigned char *out = b->wbuf + LWS_PRE;
-            size_t n = mb__gather(s, out);
+            size_t n = mb__gather(s, out, sse);
             if (n && lws_write(s->wsi, out, n, LWS_WRITE_HTTP) < (int)n) {
                 mb_warn(s->session_id, "write failed (%zu bytes); closing", n);
+                return -1;
+            }
+            if (!n && mb__write_big(s, sse)) { /* the head frame alone is bigger than a chunk */
+                mb_warn(s->session_id, "write failed (%zu bytes); closing", q->f->len);
                 return -1;
             }
             s->progress_at = mb_now();

@@ -270,6 +270,35 @@ btest('error objects carry data.category per §14 (routing, agent)', B, async ()
   raw.close();
 });
 
+btest('pings while a large frame and a burst are being written: pongs never land inside a frame', B, async () => {
+  const agentId = uid('pingrx');
+  const rx = await RawWs.open(B.url);
+  await rx.connect({ participantType: 'agent' });
+  await rx.rpc('map/agents/register', { agentId });
+  const pongs = [];
+  rx.ws.on('pong', (d) => { pongs.push(d.toString()); });
+  const tx = await RawWs.open(B.url);
+  await tx.connect();
+  const big = 'p'.repeat(900000);
+  const sends = [];
+  for (let i = 0; i < 40; i++) {
+    sends.push(tx.rpc('map/send', { to: { agent: agentId }, payload: { i, big: i % 10 === 0 ? big : undefined } }));
+    rx.ws.ping(Buffer.from(`p${i}`));
+  }
+  await Promise.all(sends);
+  for (let i = 0; i < 20; i++) { rx.ws.ping(); await sleep(1); }
+  await rx.waitFor((f) => f.method === 'map/message' && f.params.message.payload.i === 39);
+  const got = rx.frames.filter((f) => f.method === 'map/message').map((f) => f.params.message.payload);
+  assert.deepEqual(got.map((p) => p.i), [...Array(40).keys()]);
+  for (const p of got) if (p.i % 10 === 0) assert.equal(p.big, big);
+  // several pings in a row may get one pong for the latest (RFC 6455 5.5.3); the last one is answered
+  rx.ws.ping(Buffer.from('final'));
+  for (let i = 0; i < 100 && !pongs.includes('final'); i++) await sleep(20);
+  assert.ok(pongs.includes('final'), `pongs: ${pongs.join(',')}`);
+  await stillWorks(rx);
+  rx.close(); tx.close();
+});
+
 btest('the broker only sends text frames', B, async () => {
   const raw = await RawWs.open(B.url);
   await raw.connect();
