@@ -26,8 +26,9 @@ const mb_method *mb_method_find(const char *name)
     return mb_map_get(index, name);
 }
 
-/* {"jsonrpc":"2.0","id":ID,"result":RAW} around an already encoded result
- * (same bytes mp_rpc_result + mp_dump would give). */
+/* Queue {"jsonrpc":"2.0","id":ID,"result":RAW} around cx->result_raw (the
+ * same bytes mp_rpc_result + mp_dump would give). 0, or -1 on OOM (nothing
+ * queued). */
 static int mb__reply_raw(mb_ctx *cx, json_t *id)
 {
     size_t idn;
@@ -78,9 +79,13 @@ void mb_dispatch(mb_session *s, mp_msg *m)
         if (!rc)
             rc = meth->fn(&cx);
     }
-    if (m->kind == MP_KIND_REQUEST && !rc && cx.result_raw && mb__reply_raw(&cx, m->id) == 0) {
-        /* sent */
-    } else if (m->kind == MP_KIND_REQUEST) {
+    int replied = 0;
+    if (m->kind == MP_KIND_REQUEST && !rc && cx.result_raw) {
+        replied = mb__reply_raw(&cx, m->id) == 0;
+        if (!replied) /* out of memory: say so rather than answer {} */
+            rc = mp_err_set(&cx.err, MP_INTERNAL, NULL, "Out of memory while encoding the reply");
+    }
+    if (m->kind == MP_KIND_REQUEST && !replied) {
         json_t *reply;
         if (rc) {
             if (!cx.err.code)

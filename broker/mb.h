@@ -231,9 +231,11 @@ mb_event *mb_emit(mb_broker *b, const char *type, const char *source, json_t *da
 /* Same; with lazy set (only allowed when no subscription exists and the event
  * is not persisted) the event goes into the history unencoded, charged
  * size_hint bytes (plus overhead). */
-/* mb_emit with the data object also given already encoded (data_text, as
- * mp_dump would write data): the event text is spliced around it instead of
- * encoding data again. */
+/* mb_emit with the data object also given already encoded (data_text, the
+ * data_len bytes mp_dump would write for data): the event text is spliced
+ * around it instead of encoding data again. data is stolen (it still serves
+ * filters and visibility checks), data_text is borrowed and copied. No
+ * caused_by, no id_out. Returns the event (borrowed) or NULL on OOM. */
 mb_event *mb_emit_text(mb_broker *b, const char *type, const char *source, json_t *data, const char *data_text,
                        size_t data_len);
 mb_event *mb_emit_ex(mb_broker *b, const char *type, const char *source, json_t *data, const char *caused_by,
@@ -250,7 +252,8 @@ typedef struct mb_ctx {
     json_t *params;   /* borrowed, always an object */
     json_t *id;       /* borrowed, NULL for notifications */
     json_t *result;   /* set by the handler (owned by ctx); NULL -> {} */
-    char *result_raw; /* or: the result already encoded (malloc, owned by ctx), spliced into the reply */
+    char *result_raw; /* or: the result already encoded (malloc, owned and freed by ctx), spliced into
+                       * the reply; takes precedence over result */
     size_t result_raw_len;
     mp_err err;
     /* Optional work to run after the reply has been queued (e.g. replaying

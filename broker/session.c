@@ -226,25 +226,29 @@ static int mb__write_one_client(mb_session *s, mb_qent *q)
     return 1;
 }
 
-/* Server-side WebSocket frame header (unmasked, FIN, text) for a payload of
- * len bytes; returns its size (2, 4 or 10). */
+/* Size of the server-side WebSocket frame header for a payload of len bytes. */
+static size_t mb__ws_header_len(size_t len)
+{
+    return len < 126 ? 2 : len < 65536 ? 4 : 10;
+}
+
+/* Write that header (unmasked, FIN, text) into h; returns its size. */
 static size_t mb__ws_header(unsigned char *h, size_t len)
 {
+    size_t hl = mb__ws_header_len(len);
     h[0] = 0x81;
-    if (len < 126) {
+    if (hl == 2) {
         h[1] = (unsigned char)len;
-        return 2;
-    }
-    if (len < 65536) {
+    } else if (hl == 4) {
         h[1] = 126;
         h[2] = (unsigned char)(len >> 8);
         h[3] = (unsigned char)len;
-        return 4;
+    } else {
+        h[1] = 127;
+        for (int i = 0; i < 8; i++)
+            h[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
     }
-    h[1] = 127;
-    for (int i = 0; i < 8; i++)
-        h[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
-    return 10;
+    return hl;
 }
 
 /* Copy whole frames from the releasable head of the queue into out (at most
@@ -255,7 +259,7 @@ static size_t mb__gather(mb_session *s, unsigned char *out, int sse)
     mb_broker *b = s->b;
     size_t n = 0;
     for (mb_qent *q = s->q_head; q && q->gen <= b->committed_gen; q = s->q_head) {
-        size_t hl = sse ? 0 : (q->f->len < 126 ? 2 : q->f->len < 65536 ? 4 : 10);
+        size_t hl = sse ? 0 : mb__ws_header_len(q->f->len);
         if (n + hl + q->f->len > MB_WRITE_CHUNK)
             break;
         if (!sse)
