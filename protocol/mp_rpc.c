@@ -15,15 +15,21 @@ int mp_rpc_parse(const char *buf, size_t len, const mp_limits *lim, mp_msg *out,
     *id_out = NULL;
     if (len == 0)
         return mp_err_set(e, MP_PARSE_ERROR, NULL, "Parse error: empty message");
-    if (mp_json_depth(buf, len, lim->max_depth) > lim->max_depth)
-        return mp_err_set(e, MP_PARSE_ERROR, NULL, "Parse error: JSON nested deeper than %d levels", lim->max_depth);
-
-    /* JSON_DECODE_ANY: a bare scalar ("42") is valid JSON that is not a request,
-     * so it gets -32600 like an array would, not -32700 (MAP.md 1.2 rule 7). */
-    json_error_t je;
-    json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
-    if (!root)
-        return mp_err_set(e, MP_PARSE_ERROR, NULL, "Parse error: %s at offset %d", je.text, je.position);
+    /* The fast parser accepts what json_loadb(JSON_REJECT_DUPLICATES |
+     * JSON_DECODE_ANY) accepts; when it refuses, the depth check and jansson
+     * say why. JSON_DECODE_ANY: a bare scalar ("42") is valid JSON that is not
+     * a request, so it gets -32600 like an array would, not -32700 (MAP.md 1.2
+     * rule 7). */
+    json_t *root = mp_json_parse(buf, len, lim->max_depth);
+    if (!root) {
+        if (mp_json_depth(buf, len, lim->max_depth) > lim->max_depth)
+            return mp_err_set(e, MP_PARSE_ERROR, NULL, "Parse error: JSON nested deeper than %d levels",
+                              lim->max_depth);
+        json_error_t je;
+        root = json_loadb(buf, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
+        if (!root)
+            return mp_err_set(e, MP_PARSE_ERROR, NULL, "Parse error: %s at offset %d", je.text, je.position);
+    }
 
     if (json_is_array(root)) {
         json_decref(root);

@@ -497,6 +497,89 @@ static void dump_same_as_jansson(void **state)
     json_decref(b);
 }
 
+/* mp_json_parse against json_loadb(JSON_REJECT_DUPLICATES | JSON_DECODE_ANY):
+ * the same verdict, and on acceptance the same tree (compared through mp_dump,
+ * which shows types, values and key order). */
+static void parse_same_one(const char *t, size_t n)
+{
+    json_t *mine = mp_json_parse(t, n, 100);
+    json_t *ref = json_loadb(t, n, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, NULL);
+    if (!mine != !ref)
+        fail_msg("verdicts differ (mine %s, jansson %s) on [%.*s]", mine ? "accepts" : "refuses",
+                 ref ? "accepts" : "refuses", (int)n, t);
+    if (mine) {
+        size_t a, b;
+        char *da = mp_dump(mine, 0, &a), *db = mp_dump(ref, 0, &b);
+        assert_non_null(da);
+        assert_non_null(db);
+        if (a != b || memcmp(da, db, a))
+            fail_msg("trees differ on [%.*s]: %s vs %s", (int)n, t, da, db);
+        free(da);
+        free(db);
+    }
+    json_decref(mine);
+    json_decref(ref);
+}
+
+static void parse_same_as_jansson(void **state)
+{
+    (void)state;
+    static const char *const texts[] = {
+        /* accepted */
+        "{}", "[]", " {\"a\" : [ 1 , 2 ] } \n", "\"\"", "0", "-0", "-0.0", "1.0", "1e5", "1E+5", "-1.5e-7", "2e-400",
+        "true", "false", "null", "9223372036854775807", "-9223372036854775808", "[1.7976931348623157e308]",
+        "\"\\u00e9\\u20AC\\ud83d\\ude00\\/\\b\\f\\n\\r\\t\\\"\\\\\"", "{\"k\\u0041\":1,\"kA\\u0042\":2}",
+        "\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\xf4\x8f\xbf\xbf\"", "{\"a\":{\"b\":{\"c\":[[[]]]}}}",
+        "[\"x\\\"y\",\"\\\\\",\"a\\nb\"]", "\t\r\n 42 \t\r\n",
+        /* refused */
+        "", " ", "{", "}", "[", "[1,]", "[,1]", "{\"a\":1,}", "{\"a\" 1}", "{a:1}", "{\"a\":1,\"a\":2}",
+        "{\"\\u0061\":1,\"a\":2}", "01", "-", "-a", "1.", ".5", "1e", "1e+", "+1", "0x10", "NaN", "Infinity",
+        "1e400", "-1e400", "9223372036854775808", "-9223372036854775809", "18446744073709551616", "tru", "truex",
+        "nul", "True", "[true1]", "1 2", "{} {}", "\"abc", "\"a\x01\"", "\"\\x\"", "\"\\u12\"", "\"\\u12g4\"",
+        "\"\\ud800\"", "\"\\udc00\"", "\"\\ud800\\u0041\"", "\"\\ud800x\"", "\"\\u0000\"", "{\"\\u0000\":1}",
+        "\"\xc0\xaf\"", "\"\xed\xa0\x80\"", "\"\xf4\x90\x80\x80\"", "\"\xe2\x82\"", "\"\x80\"", "\"\xff\"",
+        "\"\xe0\x9f\xbf\"", "\"\xf0\x8f\xbf\xbf\"", "\xef\xbb\xbf{}", "[1]x", "{\"a\":}", "[\"a\":1]", "{1:2}",
+    };
+    for (size_t i = 0; i < sizeof texts / sizeof *texts; i++)
+        parse_same_one(texts[i], strlen(texts[i]));
+    parse_same_one("[1,\0]", 5);
+    parse_same_one("\"a\0b\"", 5);
+    parse_same_one("{} \0", 4);
+    /* random trees in three spellings (compact, indented, \u-escaped), then mutated */
+    for (int i = 0; i < 3000; i++) {
+        json_t *j = rnd_value(0);
+        static const size_t flags[] = {JSON_COMPACT, JSON_INDENT(2), JSON_ENSURE_ASCII | JSON_ESCAPE_SLASH};
+        char *t = json_dumps(j, flags[i % 3] | JSON_ENCODE_ANY);
+        json_decref(j);
+        if (!t)
+            continue; /* rnd_string can make unencodable strings */
+        size_t n = strlen(t);
+        parse_same_one(t, n);
+        for (int m = 0; m < 4 && n; m++) {
+            char *u = malloc(n + 1);
+            memcpy(u, t, n + 1);
+            size_t at = rnd() % n, len = n;
+            switch (rnd() % 4) {
+            case 0: u[at] = (char)(rnd() & 0xff); break;
+            case 1: len = at; break; /* truncate */
+            case 2: u[at] = "\"\\{}[],:0-eu"[rnd() % 12]; break;
+            default: memmove(u + at, u + at + 1, n - at); len = n - 1; break; /* delete a byte */
+            }
+            parse_same_one(u, len);
+            free(u);
+        }
+        tu_free(t);
+    }
+    /* depth: max_depth refuses, json_loadb's own limit is never exceeded */
+    char deep[300];
+    memset(deep, '[', 150);
+    memset(deep + 150, ']', 150);
+    json_t *d = mp_json_parse(deep, 300, 150);
+    assert_non_null(d);
+    json_decref(d);
+    assert_null(mp_json_parse(deep, 300, 149));
+}
+
 static void set_opt_copy_key(void **state)
 {
     (void)state;
@@ -523,7 +606,7 @@ int main(void)
         T(get_str),          T(id_charset), T(id_length),  T(get_int),
         T(get_int_range),    T(get_bool),   T(get_obj_arr), T(get_str_arr),
         T(depth_scan),       T(dump_headroom_and_nul),     T(dump_one_huge_chunk), T(dump_same_as_jansson),
-        T(set_opt_copy_key),
+        T(parse_same_as_jansson), T(set_opt_copy_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
