@@ -35,6 +35,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -155,6 +156,14 @@ struct sq_store {
     int depth;       /* > 0 while a callback runs */
     char epoch[64];
     char err[512];
+    struct sq_ckpt { /* background checkpoints (see sq__ckpt_start) */
+        pthread_t th;
+        pthread_mutex_t mu;
+        pthread_cond_t cv;
+        bool started, want, stop, busy;
+        int backfilled; /* WAL frames the thread's last checkpoint copied */
+        sqlite3 *db;    /* the thread's own connection */
+    } ck;
 };
 
 #define SQ(st) ((struct sq_store *)(st))
@@ -725,11 +734,127 @@ static int sq_audit_scan(struct mst_store *st, const char *before_id, size_t lim
 
 /* ------------------------------------------------------------- open/close */
 
+/* ------------------------------------------------------ background checkpoints
+ *
+ * SQLite's automatic checkpoint runs inside the COMMIT that pushes the WAL
+ * past its threshold, i.e. on the broker's event loop: it copies up to 32 MiB
+ * of pages into the database file and fsyncs it while every client waits for
+ * its ack. Instead, the WAL hook (called after each commit with the WAL's
+ * size) wakes a thread that runs a PASSIVE checkpoint on its own connection;
+ * PASSIVE never blocks the writer, and the writer restarts the WAL from the
+ * top once a checkpoint has caught up with it. Without the thread (SQLite
+ * built single-threaded, or the thread could not start) the hook checkpoints
+ * inline, as SQLite would. */
+
+#define SQ_CKPT_PAGES 8192 /* 32 MiB of WAL: a checkpoint copies each hot page once for many commits */
+
+static void *sq__ckpt_main(void *arg)
+{
+    struct sq_store *s = arg;
+    pthread_mutex_lock(&s->ck.mu);
+    for (;;) {
+        while (!s->ck.want && !s->ck.stop)
+            pthread_cond_wait(&s->ck.cv, &s->ck.mu);
+        if (s->ck.stop)
+            break;
+        s->ck.want = false;
+        s->ck.busy = true;
+        pthread_mutex_unlock(&s->ck.mu);
+        /* an error (busy, I/O) leaves the WAL as it is; the next commit asks again */
+        int done = 0;
+        if (sqlite3_wal_checkpoint_v2(s->ck.db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, &done) != SQLITE_OK)
+            done = 0;
+        pthread_mutex_lock(&s->ck.mu);
+        s->ck.busy = false;
+        s->ck.backfilled = done;
+    }
+    pthread_mutex_unlock(&s->ck.mu);
+    return NULL;
+}
+
+/* After each commit, on the writer's thread. The WAL restarts from the top
+ * only at a write that finds every frame copied, and under load the writer
+ * always adds frames while the thread copies. So the thread copies the bulk,
+ * and when what is left is small the writer copies that itself (a few pages
+ * and one fsync) and the next transaction restarts the WAL. */
+static int sq__wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
+{
+    struct sq_store *s = arg;
+    if (pages < SQ_CKPT_PAGES)
+        return SQLITE_OK;
+    bool inline_ckpt = !s->ck.started;
+    if (s->ck.started) {
+        pthread_mutex_lock(&s->ck.mu);
+        if (!s->ck.busy && !s->ck.want) {
+            /* backfilled > pages: counted before a restart, stale */
+            if (s->ck.backfilled > 0 && pages >= s->ck.backfilled && pages - s->ck.backfilled < SQ_CKPT_PAGES / 8) {
+                inline_ckpt = true;
+                s->ck.backfilled = 0;
+            } else {
+                s->ck.want = true;
+                pthread_cond_signal(&s->ck.cv);
+            }
+        }
+        pthread_mutex_unlock(&s->ck.mu);
+    }
+    if (inline_ckpt)
+        (void)sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    return SQLITE_OK;
+}
+
+/* After the schema is in place (the thread's connection must find a WAL
+ * database). Failing to start the thread is not an error: checkpoints then
+ * run inline. */
+static void sq__ckpt_start(struct sq_store *s, const char *sync_pragma)
+{
+    sqlite3_wal_hook(s->db, sq__wal_hook, s); /* replaces SQLite's autocheckpoint hook */
+    if (!sqlite3_threadsafe() ||
+        sqlite3_open_v2(s->path, &s->ck.db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK)
+        goto inline_only;
+    sqlite3_busy_timeout(s->ck.db, 2000);
+    /* the checkpointer's synchronous setting decides whether it fsyncs the database */
+    if (sqlite3_exec(s->ck.db, sync_pragma, NULL, NULL, NULL) != SQLITE_OK)
+        goto inline_only;
+    if (pthread_mutex_init(&s->ck.mu, NULL))
+        goto inline_only;
+    if (pthread_cond_init(&s->ck.cv, NULL)) {
+        pthread_mutex_destroy(&s->ck.mu);
+        goto inline_only;
+    }
+    if (pthread_create(&s->ck.th, NULL, sq__ckpt_main, s)) {
+        pthread_cond_destroy(&s->ck.cv);
+        pthread_mutex_destroy(&s->ck.mu);
+        goto inline_only;
+    }
+    s->ck.started = true;
+    return;
+inline_only:
+    sqlite3_close(s->ck.db); /* NULL-safe */
+    s->ck.db = NULL;
+}
+
+static void sq__ckpt_stop(struct sq_store *s)
+{
+    if (s->ck.started) {
+        pthread_mutex_lock(&s->ck.mu);
+        s->ck.stop = true;
+        pthread_cond_signal(&s->ck.cv);
+        pthread_mutex_unlock(&s->ck.mu);
+        pthread_join(s->ck.th, NULL);
+        pthread_cond_destroy(&s->ck.cv);
+        pthread_mutex_destroy(&s->ck.mu);
+        s->ck.started = false;
+    }
+    sqlite3_close(s->ck.db);
+    s->ck.db = NULL;
+}
+
 static void sq_close(struct mst_store *st)
 {
     struct sq_store *s = SQ(st);
     if (!s)
         return;
+    sq__ckpt_stop(s);
     if (s->db) {
         /* close never commits: an unfinished group is the caller's bug or a
          * shutdown in the middle of a pass, and half a group must not land */
@@ -1043,22 +1168,21 @@ static int sq_open(const struct mst_config *cfg, struct mst_store **out, char *e
             goto fail;
         }
     }
-    if ((rc = sq__exec(s,
-                       cfg->durability == MST_DUR_NORMAL ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL",
-                       "set synchronous", errbuf, errlen)))
+    const char *sync_pragma =
+        cfg->durability == MST_DUR_NORMAL ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL";
+    if ((rc = sq__exec(s, sync_pragma, "set synchronous", errbuf, errlen)))
         goto fail;
     /* a bigger page cache keeps the index pages of the hot conversations in
      * memory; the WAL is capped after checkpoints so bursts don't leave a huge
-     * file behind; checkpoints every 8192 pages (32 MiB of WAL) instead of
-     * 1000: each commit rewrites the tail pages of six b-trees, so a bigger
-     * WAL lets a checkpoint copy each of them once for many commits (+4 %
-     * durable turns/s in bench/) */
-    if ((rc = sq__exec(s, "PRAGMA cache_size=-16384; PRAGMA temp_store=MEMORY; PRAGMA journal_size_limit=67108864; PRAGMA wal_autocheckpoint=8192;",
+     * file behind. Checkpoints (every SQ_CKPT_PAGES pages, in a thread) are
+     * set up by sq__ckpt_start once the schema exists. */
+    if ((rc = sq__exec(s, "PRAGMA cache_size=-16384; PRAGMA temp_store=MEMORY; PRAGMA journal_size_limit=67108864;",
                        "set pragmas", errbuf, errlen)))
         goto fail;
 
     if ((rc = sq__schema(s, errbuf, errlen)))
         goto fail;
+    sq__ckpt_start(s, sync_pragma);
 
     for (int i = 0; i < SQ_NSTMT; i++) {
         src = sqlite3_prepare_v3(s->db, sq__sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[i], NULL);

@@ -1050,6 +1050,41 @@ static void test_sqlite_reopen(void **state)
     assert_true(stat(p, &sb) != 0 || sb.st_size < 64 * 1024);
 }
 
+/* Checkpoints run in a thread (store_sqlite.c). Under writes that never pause,
+ * the WAL must still restart from the top: ~120 MB written in 3000 commits
+ * leave a WAL near the 32 MiB checkpoint threshold, not one holding it all. */
+static void test_sqlite_wal_bounded(void **state)
+{
+    struct fx *f = *state;
+    mst_close(f->st);
+    f->st = NULL;
+    assert_int_equal(fx_reopen(f, MST_DUR_NORMAL), MST_OK); /* no fsync per commit: fast */
+    struct mst_store *st = f->st;
+    static char json[4096];
+    memset(json, 'x', sizeof json - 1);
+    uint64_t seq = 0;
+    for (int c = 0; c < 3000; c++) {
+        assert_int_equal(mst_begin(st), MST_OK);
+        for (int i = 0; i < 10; i++) {
+            char id[64];
+            seq++;
+            snprintf(id, sizeof id, "turn-W-%llu", (unsigned long long)seq);
+            struct mst_turn t = {.id = id, .conv_id = "W", .seq = seq, .participant = "agent-a",
+                                 .content_type = "text", .ts = (int64_t)seq, .json = json, .len = sizeof json - 1};
+            assert_int_equal(mst_turn_append(st, &t), MST_OK);
+        }
+        assert_int_equal(mst_commit(st), MST_OK);
+    }
+    char p[300];
+    snprintf(p, sizeof p, "%s-wal", f->path);
+    struct stat sb;
+    assert_int_equal(stat(p, &sb), 0);
+    assert_true(sb.st_size < 80 * 1024 * 1024);
+    uint64_t n = 0;
+    assert_int_equal(mst_turn_count(st, "W", &n), MST_OK);
+    assert_int_equal(n, 30000);
+}
+
 static void test_sqlite_epoch_distinct(void **state)
 {
     struct fx *f = *state;
@@ -1247,6 +1282,7 @@ int main(int argc, char **argv)
     };
     const struct CMUnitTest sqlite_only[] = {
         T(test_sqlite_reopen),
+        T(test_sqlite_wal_bounded),
         T(test_sqlite_epoch_distinct),
         T(test_sqlite_ebusy),
         T(test_sqlite_file_modes),
