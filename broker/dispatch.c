@@ -58,6 +58,15 @@ static int mb__reply_raw(mb_ctx *cx, json_t *id)
     return 0;
 }
 
+void mb_ctx_drop_result(mb_ctx *cx)
+{
+    json_decref(cx->result);
+    cx->result = NULL;
+    free(cx->result_raw);
+    cx->result_raw = NULL;
+    cx->result_raw_len = 0;
+}
+
 void mb_dispatch(mb_session *s, mp_msg *m)
 {
     mb_broker *b = s->b;

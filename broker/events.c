@@ -47,9 +47,62 @@ static void mb__event_free(mb_event *ev)
     free(ev->source);
     free(ev->conv_id);
     json_decref(ev->data);
+    mb_msgrec_unref(ev->msg);
+    free(ev->rcpt);
     free(ev->text);
     free(ev->caused_by);
     free(ev);
+}
+
+void mb_msgrec_unref(mb_msgrec *m)
+{
+    if (m && --m->refs == 0) {
+        free(m->fed_from);
+        free(m);
+    }
+}
+
+/* The data of a message_sent / message_delivered event, from the message
+ * text: the keys and order router.c's messages always had. */
+static json_t *mb__msg_data(const mb_event *ev)
+{
+    json_t *m = mp_json_parse(ev->msg->text, ev->msg->len, 4096);
+    if (!m)
+        return NULL;
+    json_t *meta = json_object_get(m, "meta"), *payload = json_object_get(m, "payload");
+    json_t *corr = json_object_get(meta, "correlationId");
+    json_t *d;
+    if (!ev->rcpt) {
+        d = json_pack("{s:O, s:O, s:O, s:O, s:O}", "messageId", json_object_get(m, "id"), "from",
+                      json_object_get(m, "from"), "to", json_object_get(m, "to"), "timestamp",
+                      json_object_get(m, "timestamp"), "message", m);
+        json_t *prio = json_object_get(meta, "priority");
+        if (d && json_is_string(corr))
+            json_object_set(d, "correlationId", corr);
+        if (d && json_is_string(prio))
+            json_object_set(d, "priority", prio);
+        if (d && payload)
+            json_object_set(d, "payload", payload);
+        if (d && ev->msg->fed_from)
+            json_object_set_new(d, "federatedFrom", json_string(ev->msg->fed_from));
+    } else {
+        d = json_pack("{s:O, s:O, s:[s], s:I, s:O}", "messageId", json_object_get(m, "id"), "from",
+                      json_object_get(m, "from"), "deliveredTo", ev->rcpt, "timestamp", (json_int_t)ev->ts,
+                      "message", m);
+        if (d && json_is_string(corr) && json_is_true(json_object_get(meta, "isResult")))
+            json_object_set(d, "correlationId", corr);
+        if (d && payload)
+            json_object_set(d, "payload", payload);
+    }
+    json_decref(m);
+    return d;
+}
+
+json_t *mb_event_data(mb_event *ev)
+{
+    if (!ev->data && ev->msg)
+        ev->data = mb__msg_data(ev);
+    return ev->data;
 }
 
 /* Build an mb_event from a stored Event JSON text (for replay from the store). */
@@ -148,7 +201,7 @@ static int mb__sub_matches(mb_broker *b, mb_sub *sub, const mb_event *ev)
 {
     if (sub->exclude_own && mb__own_event(sub->s, ev))
         return 0;
-    mp_event_view v = {.type = ev->type, .source = ev->source, .data = ev->data};
+    mp_event_view v = {.type = ev->type, .source = ev->source, .data = mb_event_data((mb_event *)ev)};
     if (!mp_filter_match(sub->filter, &v, mb_filter_env(b)))
         return 0;
     return mb_event_visible(b, sub->s, ev);
@@ -190,7 +243,12 @@ static int mb__event_encode(mb_event *ev)
     json_object_set_new(o, "timestamp", json_integer(ev->ts));
     if (ev->source)
         json_object_set_new(o, "source", json_string(ev->source));
-    json_object_set(o, "data", ev->data);
+    json_t *data = mb_event_data(ev);
+    if (!data) {
+        json_decref(o);
+        return -1;
+    }
+    json_object_set(o, "data", data);
     if (ev->caused_by)
         json_object_set_new(o, "causedBy", json_loads(ev->caused_by, 0, NULL));
     ev->text = mp_dump(o, 0, &ev->text_len);
@@ -255,25 +313,38 @@ static int mb__event_splice(mb_event *ev, const char *data_text, size_t data_len
     return 0;
 }
 
+struct mb__msg_arg {
+    mb_msgrec *m;
+    const char *rcpt;
+    int64_t ts;
+};
+
 static mb_event *mb__emit(mb_broker *b, const char *type, const char *source, json_t *data, const char *data_text,
                           size_t data_len, const char *caused_by, char id_out[MP_ULID_LEN + 1], int lazy,
-                          size_t size_hint);
+                          size_t size_hint, const struct mb__msg_arg *msg);
 
 mb_event *mb_emit_text(mb_broker *b, const char *type, const char *source, json_t *data, const char *data_text,
                        size_t data_len)
 {
-    return mb__emit(b, type, source, data, data_text, data_len, NULL, NULL, 0, 0);
+    return mb__emit(b, type, source, data, data_text, data_len, NULL, NULL, 0, 0, NULL);
+}
+
+mb_event *mb_emit_msg(mb_broker *b, const char *type, const char *source, mb_msgrec *m, const char *rcpt,
+                      int64_t ts, const char *caused_by, char id_out[MP_ULID_LEN + 1])
+{
+    struct mb__msg_arg a = {m, rcpt, ts};
+    return mb__emit(b, type, source, NULL, NULL, 0, caused_by, id_out, 1, m->len + (rcpt ? 64 : 0), &a);
 }
 
 mb_event *mb_emit_ex(mb_broker *b, const char *type, const char *source, json_t *data, const char *caused_by,
                      char id_out[MP_ULID_LEN + 1], int lazy, size_t size_hint)
 {
-    return mb__emit(b, type, source, data, NULL, 0, caused_by, id_out, lazy, size_hint);
+    return mb__emit(b, type, source, data, NULL, 0, caused_by, id_out, lazy, size_hint, NULL);
 }
 
 static mb_event *mb__emit(mb_broker *b, const char *type, const char *source, json_t *data, const char *data_text,
                           size_t data_len, const char *caused_by, char id_out[MP_ULID_LEN + 1], int lazy,
-                          size_t size_hint)
+                          size_t size_hint, const struct mb__msg_arg *msg)
 {
     mb_event *ev = calloc(1, sizeof *ev);
     if (!ev) {
@@ -284,8 +355,18 @@ static mb_event *mb__emit(mb_broker *b, const char *type, const char *source, js
     mb_new_id(b, NULL, ev->id, sizeof ev->id);
     ev->type = strdup(type);
     ev->source = source ? strdup(source) : NULL;
-    ev->data = data ? data : json_object();
-    ev->ts = mb_now();
+    if (msg) {
+        ev->msg = msg->m;
+        msg->m->refs++;
+        ev->ts = msg->ts;
+        if (msg->rcpt && !(ev->rcpt = strdup(msg->rcpt))) {
+            mb__event_free(ev);
+            return NULL;
+        }
+    } else {
+        ev->data = data ? data : json_object();
+        ev->ts = mb_now();
+    }
     if (!strncmp(type, "mail.", 5)) {
         const char *cid = json_string_value(json_object_get(ev->data, "conversationId"));
         ev->conv_id = cid ? strdup(cid) : NULL;
@@ -612,7 +693,7 @@ static int mb__replay_page_cb(void *arg, const mb_event *ev)
         return 0;
     if (p->to_ts && ev->ts > p->to_ts)
         return 1;
-    mp_event_view v = {.type = ev->type, .source = ev->source, .data = ev->data};
+    mp_event_view v = {.type = ev->type, .source = ev->source, .data = mb_event_data((mb_event *)ev)};
     if (!mp_filter_match(p->filter, &v, mb_filter_env(p->b)) || !mb_event_visible(p->b, p->s, ev))
         return 0;
     if (p->n == p->limit) {

@@ -154,7 +154,7 @@ static int h_fed_route(mb_ctx *cx)
         cx->origin_system = NULL;
         json_decref(lto);
         if (!rc) {
-            json_decref(cx->result);
+            mb_ctx_drop_result(cx);
             const char *oid = json_string_value(json_object_get(payload, "id"));
             cx->result = json_pack("{s:b, s:s}", "routed", 1, "messageId", oid ? oid : mid);
         }

@@ -462,14 +462,14 @@ static int mb__msgs_cb(void *arg, const mb_event *ev)
     if (!strcmp(ev->type, "message_sent") && ev->source && !strcmp(ev->source, m->agent))
         dir = "sent";
     else if (!strcmp(ev->type, "message_delivered")) {
-        json_t *to = json_array_get(json_object_get(ev->data, "deliveredTo"), 0);
+        json_t *to = json_array_get(json_object_get(mb_event_data((mb_event *)ev), "deliveredTo"), 0);
         if (json_is_string(to) && !strcmp(json_string_value(to), m->agent))
             dir = "received";
     }
-    if (dir)
+    json_t *msg = dir ? json_object_get(mb_event_data((mb_event *)ev), "message") : NULL;
+    if (msg)
         json_array_append_new(m->out, json_pack("{s:s, s:s, s:I, s:O}", "direction", dir, "eventId", ev->id,
-                                                "timestamp", (json_int_t)ev->ts, "message",
-                                                json_object_get(ev->data, "message")));
+                                                "timestamp", (json_int_t)ev->ts, "message", msg));
     return 0;
 }
 

@@ -193,13 +193,26 @@ void mb_agent_persist(mb_broker *b, mb_agent *a);
 
 /* ---- events ------------------------------------------------------------- */
 
+/* A routed message, encoded once (the Message object as compact JSON) and
+ * shared by its map/message frame and its message_* events, whose data is
+ * built from it only when something reads it (mb_event_data). Refcounted. */
+typedef struct mb_msgrec {
+    int refs;
+    char *fed_from; /* the peer system it came from (federatedFrom), or NULL */
+    size_t len;
+    char text[];
+} mb_msgrec;
+
 typedef struct mb_event {
     uint64_t seq;
     char id[MP_ULID_LEN + 1];
     char *type;
     char *source;     /* may be NULL */
     char *conv_id;    /* mail events: the conversation, else NULL */
-    json_t *data;     /* owned */
+    json_t *data;     /* owned; NULL until mb_event_data builds it for message events
+                         recorded from an mb_msgrec */
+    mb_msgrec *msg;   /* message_sent / message_delivered: the message (a reference) */
+    char *rcpt;       /* message_delivered: the recipient id */
     int64_t ts;
     char *text;       /* encoded Event object {id,type,timestamp,source,data,causedBy}; NULL
                          until needed for events recorded lazily (mb_event_text) */
@@ -231,6 +244,8 @@ mb_event *mb_emit(mb_broker *b, const char *type, const char *source, json_t *da
 /* Same; with lazy set (only allowed when no subscription exists and the event
  * is not persisted) the event goes into the history unencoded, charged
  * size_hint bytes (plus overhead). */
+mb_event *mb_emit_ex(mb_broker *b, const char *type, const char *source, json_t *data, const char *caused_by,
+                     char id_out[MP_ULID_LEN + 1], int lazy, size_t size_hint);
 /* mb_emit with the data object also given already encoded (data_text, the
  * data_len bytes mp_dump would write for data): the event text is spliced
  * around it instead of encoding data again. data is stolen (it still serves
@@ -238,10 +253,17 @@ mb_event *mb_emit(mb_broker *b, const char *type, const char *source, json_t *da
  * caused_by, no id_out. Returns the event (borrowed) or NULL on OOM. */
 mb_event *mb_emit_text(mb_broker *b, const char *type, const char *source, json_t *data, const char *data_text,
                        size_t data_len);
-mb_event *mb_emit_ex(mb_broker *b, const char *type, const char *source, json_t *data, const char *caused_by,
-                     char id_out[MP_ULID_LEN + 1], int lazy, size_t size_hint);
+/* message_sent (rcpt NULL) or message_delivered (to rcpt, at ts) of message m,
+ * whose data is built from m when first read: with no subscription anywhere
+ * nothing is built or encoded now (not persisted: map/send is ephemeral).
+ * Takes a reference to m. caused_by, id_out as for mb_emit. */
+mb_event *mb_emit_msg(mb_broker *b, const char *type, const char *source, mb_msgrec *m, const char *rcpt,
+                      int64_t ts, const char *caused_by, char id_out[MP_ULID_LEN + 1]);
 /* The encoded Event object (encodes once on first use); NULL on OOM. */
 const char *mb_event_text(mb_event *ev);
+/* The event's data (built on first use for mb_emit_msg events); NULL on OOM. */
+json_t *mb_event_data(mb_event *ev);
+void mb_msgrec_unref(mb_msgrec *m);
 
 /* ---- method handlers ---------------------------------------------------- */
 
@@ -422,7 +444,12 @@ mb_agent *mb_agent_restore(mb_broker *b, json_t *doc);
 mb_scope *mb_scope_restore(mb_broker *b, json_t *doc);
 /* Route a message as cx->s (router.c). On success sets cx->result {messageId, delivered}
  * and writes the message id into msg_id_out (>= 64 bytes). */
+/* Route one message from cx->s (map/send). On success the map/send result is
+ * in cx->result_raw (or cx->result): a caller answering with its own result
+ * drops it first (mb_ctx_drop_result). */
 int mb_send_message(mb_ctx *cx, json_t *to, json_t *payload, json_t *meta, char *msg_id_out);
+/* Free whatever result a handler step left in cx (result and result_raw). */
+void mb_ctx_drop_result(mb_ctx *cx);
 /* Record an operator action in the audit log (audit.c). payload is borrowed. */
 void mb_audit(mb_ctx *cx, const char *target, json_t *payload);
 /* Federation (federation.c). */

@@ -545,7 +545,7 @@ static int h_spawn(mb_ctx *cx)
         cx->result = NULL;
         if (mb_send_message(cx, dto, json_object_get(initial, "payload"), json_object_get(initial, "meta"), mid) == 0)
             json_object_set_new(res, "messageId", json_string(mid));
-        json_decref(cx->result);
+        mb_ctx_drop_result(cx);
         cx->result = res;
         cx->err = saved;
         json_decref(dto);

@@ -204,7 +204,149 @@ int mb_route_deliver(mb_broker *b, mb_session *to, mb_frame *f)
 }
 
 
-/* Route one message. msg_id_out gets the message id (>= 40 bytes). */
+/* A growable text buffer for the pieces below; on OOM it stays failed. */
+typedef struct mb__tb {
+    char *p;
+    size_t n, cap;
+    int oom;
+} mb__tb;
+
+static void mb__tb_put(mb__tb *t, const char *s, size_t n)
+{
+    if (t->oom)
+        return;
+    if (t->n + n + 1 > t->cap) {
+        size_t nc = t->cap ? t->cap : 256;
+        while (nc < t->n + n + 1)
+            nc *= 2;
+        char *np = realloc(t->p, nc);
+        if (!np) {
+            t->oom = 1;
+            return;
+        }
+        t->p = np;
+        t->cap = nc;
+    }
+    memcpy(t->p + t->n, s, n);
+    t->n += n;
+    t->p[t->n] = '\0';
+}
+
+static void mb__tb_lit(mb__tb *t, const char *s) { mb__tb_put(t, s, strlen(s)); }
+
+static void mb__tb_str(mb__tb *t, const char *s) /* a JSON string literal */
+{
+    size_t n;
+    char *q = mp_quote(s, strlen(s), &n);
+    if (!q)
+        t->oom = 1;
+    else
+        mb__tb_put(t, q, n);
+    free(q);
+}
+
+static void mb__tb_json(mb__tb *t, const json_t *j)
+{
+    size_t n;
+    char *d = mp_dump(j, 0, &n);
+    if (!d)
+        t->oom = 1;
+    else
+        mb__tb_put(t, d, n);
+    free(d);
+}
+
+/* The Message object {id,from,to,timestamp,payload?,meta?} encoded once; the
+ * same bytes mp_dump gives for the object federation forwards. NULL on OOM. */
+static mb_msgrec *mb__msgrec(const char *mid, const char *from, json_t *to, int64_t now, json_t *payload,
+                             json_t *meta, const char *fed_from)
+{
+    mb__tb t = {0};
+    char num[32];
+    mb__tb_lit(&t, "{\"id\":");
+    mb__tb_str(&t, mid);
+    mb__tb_lit(&t, ",\"from\":");
+    mb__tb_str(&t, from);
+    mb__tb_lit(&t, ",\"to\":");
+    mb__tb_json(&t, to);
+    snprintf(num, sizeof num, ",\"timestamp\":%lld", (long long)now);
+    mb__tb_lit(&t, num);
+    if (payload) {
+        mb__tb_lit(&t, ",\"payload\":");
+        mb__tb_json(&t, payload);
+    }
+    if (meta) {
+        mb__tb_lit(&t, ",\"meta\":");
+        mb__tb_json(&t, meta);
+    }
+    mb__tb_lit(&t, "}");
+    mb_msgrec *m = t.oom ? NULL : malloc(sizeof *m + t.n + 1);
+    if (m) {
+        m->refs = 1;
+        m->len = t.n;
+        memcpy(m->text, t.p, t.n + 1);
+        m->fed_from = fed_from ? strdup(fed_from) : NULL;
+        if (fed_from && !m->fed_from) {
+            free(m);
+            m = NULL;
+        }
+    }
+    free(t.p);
+    return m;
+}
+
+/* {"jsonrpc":"2.0","method":"map/message","params":{"message":M}} */
+static mb_frame *mb__message_frame(const mb_msgrec *m)
+{
+    static const char head[] = "{\"jsonrpc\":\"2.0\",\"method\":\"map/message\",\"params\":{\"message\":";
+    mb_frame *f = mb_frame_alloc(sizeof head - 1 + m->len + 2);
+    if (!f)
+        return NULL;
+    char *p = mb_frame_buf(f);
+    memcpy(p, head, sizeof head - 1);
+    memcpy(p + sizeof head - 1, m->text, m->len);
+    memcpy(p + sizeof head - 1 + m->len, "}}", 2);
+    return f;
+}
+
+/* Hand a message to a peer system: the Message as a tree, message_sent with
+ * federatedTo (federated addresses are rare; no shared text here). */
+static int mb__send_federated(mb_ctx *cx, const mp_addr *ad, json_t *to, json_t *payload, json_t *meta,
+                              const char *mid, const char *from, int64_t now)
+{
+    mb_broker *b = cx->b;
+    json_t *msg = json_pack("{s:s, s:s, s:O, s:I}", "id", mid, "from", from, "to", to, "timestamp", (json_int_t)now);
+    if (payload)
+        json_object_set(msg, "payload", payload);
+    if (meta)
+        json_object_set(msg, "meta", meta);
+    json_t *sd = json_pack("{s:s, s:s, s:O, s:I, s:O}", "messageId", mid, "from", from, "to", to, "timestamp",
+                           (json_int_t)now, "message", msg);
+    const char *corr = json_string_value(json_object_get(meta, "correlationId"));
+    const char *prio = json_string_value(json_object_get(meta, "priority"));
+    if (corr)
+        json_object_set_new(sd, "correlationId", json_string(corr));
+    if (prio)
+        json_object_set_new(sd, "priority", json_string(prio));
+    if (payload)
+        json_object_set(sd, "payload", payload);
+    json_object_set_new(sd, "federatedTo", json_string(ad->system));
+    if (cx->origin_system)
+        json_object_set_new(sd, "federatedFrom", json_string(cx->origin_system));
+    mb_emit_ex(b, "message_sent", from, sd, NULL, NULL, mb_map_size(b->sub_index) == 0, 0);
+    int rc = mb_federation_forward(cx, ad->system, msg);
+    if (!rc)
+        cx->result = json_pack("{s:s, s:[]}", "messageId", mid, "delivered");
+    json_decref(msg);
+    return rc;
+}
+
+/* Route one message. msg_id_out gets the message id (>= 40 bytes).
+ *
+ * The Message is encoded once (mb_msgrec): the map/message frame is that text
+ * in an envelope, the reply is spliced as text, and message_sent /
+ * message_delivered keep a reference to it and build their data only if a
+ * subscription, a replay or /api/agents/:id/messages reads them. */
 int mb_send_message(mb_ctx *cx, json_t *to, json_t *payload, json_t *meta, char *msg_id_out)
 {
     mb_broker *b = cx->b;
@@ -249,83 +391,71 @@ int mb_send_message(mb_ctx *cx, json_t *to, json_t *payload, json_t *meta, char 
     }
     if (msg_id_out)
         snprintf(msg_id_out, 64, "%s", mid);
-    json_t *msg = json_pack("{s:s, s:s, s:O, s:I}", "id", mid, "from", from, "to", to, "timestamp", (json_int_t)now);
-    if (payload)
-        json_object_set(msg, "payload", payload);
-    if (meta)
-        json_object_set(msg, "meta", meta);
     b->stats.messages_routed++;
 
-    const char *corr = json_string_value(json_object_get(meta, "correlationId"));
-    int is_result = json_is_true(json_object_get(meta, "isResult"));
-    const char *prio = json_string_value(json_object_get(meta, "priority"));
-    /* With no subscription anywhere, message_* events are recorded in the
-     * history without being encoded (encoding them was most of the cost of a
-     * send); a later replay or /api/agents/:id/messages encodes on demand. */
-    int lazy = mb_map_size(b->sub_index) == 0;
-    char sent_id[MP_ULID_LEN + 1] = "";
-    json_t *sd = json_pack("{s:s, s:s, s:O, s:I, s:O}", "messageId", mid, "from", from, "to", to, "timestamp",
-                           (json_int_t)now, "message", msg);
-    if (corr)
-        json_object_set_new(sd, "correlationId", json_string(corr));
-    if (prio)
-        json_object_set_new(sd, "priority", json_string(prio));
-    if (payload)
-        json_object_set(sd, "payload", payload);
-    if (federated)
-        json_object_set_new(sd, "federatedTo", json_string(ad.system));
-    if (cx->origin_system)
-        json_object_set_new(sd, "federatedFrom", json_string(cx->origin_system));
-    size_t hint = 0; /* history memory estimate for unencoded events */
-    mb_emit_ex(b, "message_sent", from, sd, NULL, sent_id, lazy, hint);
-
-    json_t *delivered = json_array();
     int rc = 0;
     if (federated) {
-        rc = mb_federation_forward(cx, ad.system, msg);
-    } else if (rs.n) {
-        json_t *note = mp_rpc_notification("map/message", json_pack("{s:O}", "message", msg));
-        mb_frame *f = mb_frame_json(note);
-        json_decref(note);
-        mb_map *sent_to = mb_map_new();
-        size_t failed = 0;
+        rc = mb__send_federated(cx, &ad, to, payload, meta, mid, from, now);
+    } else {
+        mb_msgrec *mr = mb__msgrec(mid, from, to, now, payload, meta, cx->origin_system);
+        mb_frame *f = mr && rs.n ? mb__message_frame(mr) : NULL;
+        if (!mr || (rs.n && !f)) {
+            mb_msgrec_unref(mr);
+            rc = mp_err_set(&cx->err, MP_INTERNAL, NULL, "Out of memory while routing the message");
+            goto out;
+        }
+        char sent_id[MP_ULID_LEN + 1] = "";
+        mb_emit_msg(b, "message_sent", from, mr, NULL, now, NULL, sent_id);
+        mb__tb res = {0}; /* the result, {"messageId":..,"delivered":[..]} */
+        mb__tb_lit(&res, "{\"messageId\":");
+        mb__tb_str(&res, mid);
+        mb__tb_lit(&res, ",\"delivered\":[");
+        size_t failed = 0, ndel = 0;
+        mb_map *sent_to = rs.n > 1 ? mb_map_new() : NULL;
         for (size_t i = 0; i < rs.n; i++) {
             mb_rcpt *r = &rs.v[i];
             int ok = 0;
-            if (r->s && f) {
+            if (r->s) {
                 char key[32];
                 snprintf(key, sizeof key, "%llu", (unsigned long long)r->s->serial);
-                if (mb_map_get(sent_to, key))
+                if (sent_to && mb_map_get(sent_to, key))
                     ok = 1; /* one frame per connection even if it owns several targets */
                 else if (mb_route_deliver(b, r->s, f) == 0) {
-                    mb_map_put(sent_to, key, (void *)1);
+                    if (sent_to)
+                        mb_map_put(sent_to, key, (void *)1);
                     ok = 1;
                 }
             }
             if (ok) {
                 b->stats.deliveries++;
-                json_array_append_new(delivered, json_string(r->id));
-                json_t *dd = json_pack("{s:s, s:s, s:[s], s:I, s:O}", "messageId", mid, "from", from, "deliveredTo",
-                                       r->id, "timestamp", (json_int_t)mb_now(), "message", msg);
-                if (corr && is_result)
-                    json_object_set_new(dd, "correlationId", json_string(corr));
-                if (payload)
-                    json_object_set(dd, "payload", payload);
-                mb_emit_ex(b, "message_delivered", from, dd, sent_id, NULL, lazy, f ? f->len : 0);
+                if (ndel++)
+                    mb__tb_lit(&res, ",");
+                mb__tb_str(&res, r->id);
+                mb_emit_msg(b, "message_delivered", from, mr, r->id, mb_now(), sent_id, NULL);
             } else {
                 failed++;
                 b->stats.delivery_failures++;
                 mb_emit_ex(b, "message_failed", from,
-                        json_pack("{s:s, s:s, s:O, s:s, s:s, s:i}", "messageId", mid, "from", from, "to", to, "recipient",
-                                  r->id, "reason", r->s ? "queue overflow" : "recipient offline", "code",
-                                  MP_DELIVERY_FAILED),
-                        sent_id, NULL, lazy, 0);
+                           json_pack("{s:s, s:s, s:O, s:s, s:s, s:i}", "messageId", mid, "from", from, "to", to,
+                                     "recipient", r->id, "reason", r->s ? "queue overflow" : "recipient offline",
+                                     "code", MP_DELIVERY_FAILED),
+                           sent_id, NULL, mb_map_size(b->sub_index) == 0, 0);
             }
         }
+        mb__tb_lit(&res, "]}");
         mb_frame_unref(f);
         mb_map_free(sent_to, NULL);
-        if (failed == rs.n)
+        mb_msgrec_unref(mr);
+        if (rs.n && failed == rs.n)
             rc = MB_FAIL(cx, MP_DELIVERY_FAILED, "to", "Delivery failed: no addressed recipient is reachable");
+        else if (res.oom)
+            rc = mp_err_set(&cx->err, MP_INTERNAL, NULL, "Out of memory while encoding the reply");
+        if (!rc) {
+            cx->result_raw = res.p;
+            cx->result_raw_len = res.n;
+        } else {
+            free(res.p);
+        }
     }
     /* mail interception: recorded even if delivery failed; never fails the send */
     if (json_is_object(json_object_get(meta, "mail"))) {
@@ -333,11 +463,7 @@ int mb_send_message(mb_ctx *cx, json_t *to, json_t *payload, json_t *meta, char 
         mb_mail_intercept(b, s, mid, ip);
         json_decref(ip);
     }
-    if (!rc)
-        cx->result = json_pack("{s:s, s:o}", "messageId", mid, "delivered", delivered);
-    else
-        json_decref(delivered);
-    json_decref(msg);
+out:
     json_decref(own_meta);
     free(rs.v);
     mb_map_free(rs.seen, NULL);
