@@ -100,8 +100,13 @@ static json_t *mb__msg_data(const mb_event *ev)
 
 json_t *mb_event_data(mb_event *ev)
 {
-    if (!ev->data && ev->msg)
+    if (!ev->data && ev->msg) {
         ev->data = mb__msg_data(ev);
+    } else if (!ev->data && ev->text) { /* dropped after emission (mb__emit) */
+        json_t *o = mp_json_parse(ev->text, ev->text_len, 4096);
+        ev->data = json_incref(json_object_get(o, "data"));
+        json_decref(o);
+    }
     return ev->data;
 }
 
@@ -192,8 +197,11 @@ static int mb__own_event(const mb_session *s, const mb_event *ev)
 
 int mb_event_visible(mb_broker *b, mb_session *s, const mb_event *ev)
 {
-    if (ev->conv_id && !strncmp(ev->type, "mail.turn.", 10) && !mb_mail_event_visible(b, s, ev->conv_id, ev->data))
-        return 0;
+    if (ev->conv_id && !strncmp(ev->type, "mail.turn.", 10)) {
+        json_t *data = mb_event_data((mb_event *)ev);
+        if (!data || !mb_mail_event_visible(b, s, ev->conv_id, data)) /* no data (OOM): fail closed */
+            return 0;
+    }
     return mb_auth_event_visible(b, s, ev);
 }
 
@@ -420,6 +428,14 @@ static mb_event *mb__emit(mb_broker *b, const char *type, const char *source, js
         mb_sub *sub = mb_map_val(e);
         if (sub->s->state == MB_READY && sub->s->wsi && mb__sub_matches(b, sub, ev))
             mb__deliver(b, sub, ev);
+    }
+    /* The history keeps the text only. Each event's tree, freed node by node
+     * when it aged out of the ring (cold in cache by then), was a quarter of
+     * mail/turn's time; the rare later reader (a replay with a filter, a new
+     * subscription) parses it back through mb_event_data. */
+    if (ev->text && ev->data) {
+        json_decref(ev->data);
+        ev->data = NULL;
     }
     return ev;
 }

@@ -162,11 +162,12 @@ void mb_observe_on_event(mb_broker *b, const mb_event *ev)
         return;
     mb_map *set = mb__by_conv ? mb_map_get(mb__by_conv, c->id) : NULL;
     const char *t = ev->type + 5; /* past "mail." */
+    json_t *data = mb_event_data((mb_event *)ev);
     if (!strcmp(t, "turn.added")) {
         if (!set)
             return;
-        json_t *turn = json_object_get(ev->data, "turn");
-        uint64_t seq = (uint64_t)json_integer_value(json_object_get(ev->data, "seq"));
+        json_t *turn = json_object_get(data, "turn");
+        uint64_t seq = (uint64_t)json_integer_value(json_object_get(data, "seq"));
         mb__msg m = {.type = "turn_added", .seq = seq,
                      .j = json_pack("{s:s, s:s, s:s, s:I, s:O}", "type", "turn_added", "conversationId", c->id, "epoch",
                                     mst_epoch(b->store), "seq", (json_int_t)seq, "turn", turn)};
@@ -197,9 +198,9 @@ void mb_observe_on_event(mb_broker *b, const mb_event *ev)
     static const char *extra[] = {"participant", "participantId", "thread", "summary", "closedBy", "reason", NULL};
     for (int i = 0; extra[i]; i++)
         if (strcmp(extra[i], "reason"))
-            mp_copy_key(m.j, ev->data, extra[i]);
-    if (json_object_get(ev->data, "reason"))
-        json_object_set(m.j, "closeReason", json_object_get(ev->data, "reason"));
+            mp_copy_key(m.j, data, extra[i]);
+    if (json_object_get(data, "reason"))
+        json_object_set(m.j, "closeReason", json_object_get(data, "reason"));
     mb__fanout(b, set, &m);
     /* the global feed also learns about new child conversations under the parent */
     mb__fanout(b, mb__global, &m);
