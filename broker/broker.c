@@ -1,5 +1,7 @@
 /* Broker lifecycle, group commit and housekeeping. */
 #include <libwebsockets.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +32,7 @@ int mb_txn(mb_broker *b)
         return -1;
     }
     b->txn_open = 1;
-    b->txn_gen = b->committed_gen + 1;
+    b->txn_gen++;
     mb_net_commit_soon(b);
     return 0;
 }
@@ -42,6 +44,139 @@ static void mb__hist_bucket(mb_broker *b, uint64_t us)
     while (i < sizeof lim / sizeof lim[0] && us > lim[i])
         i++;
     b->stats.commit_hist[i]++;
+}
+
+/* ---- deferred durability ----
+ * With a store whose commit returns before the transaction is durable
+ * (sqlite, --durability full: COMMIT writes the WAL, mst_sync fdatasyncs it),
+ * a thread does the syncing: the loop commits group N, asks for it to be
+ * synced and goes on with group N+1 while the disk flushes; group N's
+ * replies and events go out once the sync returns (committed_gen). The loop
+ * used to wait out every fsync, a third of its time under load. */
+struct mb_syncer {
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint64_t want;           /* newest group committed and not yet asked for */
+    _Atomic uint64_t done;   /* newest group known durable */
+    _Atomic int failed;      /* an mst_rc from mst_sync, 0 = fine */
+    int stop;
+};
+
+static void *mb__sync_main(void *arg)
+{
+    mb_broker *b = arg;
+    struct mb_syncer *y = b->syncer;
+    pthread_mutex_lock(&y->mu);
+    for (;;) {
+        while (y->want <= atomic_load(&y->done) && !y->stop)
+            pthread_cond_wait(&y->cv, &y->mu);
+        if (y->want <= atomic_load(&y->done))
+            break; /* stop, with nothing left to sync */
+        uint64_t g = y->want;
+        pthread_mutex_unlock(&y->mu);
+        int rc = mst_sync(b->store);
+        if (rc)
+            atomic_store(&y->failed, rc);
+        atomic_store(&y->done, g);
+        lws_cancel_service(b->ctx); /* wake the loop: mb_broker_synced */
+        pthread_mutex_lock(&y->mu);
+    }
+    pthread_mutex_unlock(&y->mu);
+    return NULL;
+}
+
+/* The sync thread, started on the first commit (the loop's context exists by
+ * then). NULL when commits are durable on return or the thread cannot start
+ * (then the loop syncs inline). */
+static struct mb_syncer *mb__syncer(mb_broker *b)
+{
+    static int tried;
+    if (b->syncer || tried || !b->ctx || !mst_sync_deferred(b->store))
+        return b->syncer;
+    tried = 1;
+    struct mb_syncer *y = calloc(1, sizeof *y);
+    if (!y)
+        return NULL;
+    if (pthread_mutex_init(&y->mu, NULL) || pthread_cond_init(&y->cv, NULL)) {
+        free(y);
+        return NULL;
+    }
+    b->syncer = y;
+    if (pthread_create(&y->th, NULL, mb__sync_main, b)) {
+        b->syncer = NULL;
+        pthread_cond_destroy(&y->cv);
+        pthread_mutex_destroy(&y->mu);
+        free(y);
+        mb_warn("store", "no sync thread; fsyncs run on the event loop");
+    }
+    return b->syncer;
+}
+
+/* Stop the sync thread after it has synced everything asked of it (before
+ * the loop's context goes: the thread wakes the loop through it). */
+void mb_broker_sync_stop(mb_broker *b)
+{
+    struct mb_syncer *y = b->syncer;
+    if (!y)
+        return;
+    pthread_mutex_lock(&y->mu);
+    y->stop = 1;
+    pthread_cond_signal(&y->cv);
+    pthread_mutex_unlock(&y->mu);
+    pthread_join(y->th, NULL);
+    pthread_cond_destroy(&y->cv);
+    pthread_mutex_destroy(&y->mu);
+    free(y);
+    b->syncer = NULL;
+}
+
+/* A commit or a sync failed: nothing acknowledged may be lost, so nothing
+ * held is acknowledged: those sessions' connections close and the broker
+ * refuses further writes. */
+static void mb__store_failed(mb_broker *b, const char *what, int rc)
+{
+    mb_error("store", "%s FAILED: %s (%s); closing affected connections, refusing further writes", what,
+             mst_strerror(rc), mst_last_error(b->store));
+    b->store_failed = 1;
+    for (mb_session *s = b->wake_list; s; s = s->wake_next)
+        if (s->wsi)
+            lws_set_timeout(s->wsi, PENDING_TIMEOUT_CLOSE_SEND, LWS_TO_KILL_ASYNC);
+}
+
+/* Let sessions write what committed_gen releases; a session whose queue
+ * still holds later groups stays on the list. */
+static void mb__wake(mb_broker *b)
+{
+    mb_session **pp = &b->wake_list;
+    while (*pp) {
+        mb_session *s = *pp;
+        int live = s->wsi && s->state != MB_CLOSED && !b->store_failed;
+        if (live && (!s->q_head || s->q_head->gen <= b->committed_gen))
+            lws_callback_on_writable(s->wsi);
+        if (live && s->q_tail && s->q_tail->gen > b->committed_gen) {
+            pp = &s->wake_next;
+            continue;
+        }
+        *pp = s->wake_next;
+        s->in_wake_list = 0;
+        s->wake_next = NULL;
+    }
+}
+
+void mb_broker_synced(mb_broker *b)
+{
+    struct mb_syncer *y = b->syncer;
+    if (!y)
+        return;
+    int failed = atomic_load(&y->failed);
+    if (failed && !b->store_failed)
+        mb__store_failed(b, "FSYNC OF THE WAL", failed);
+    uint64_t done = atomic_load(&y->done);
+    if (done > b->committed_gen && !b->store_failed) {
+        b->committed_gen = done;
+        mb__wake(b);
+    }
 }
 
 void mb_broker_commit(mb_broker *b)
@@ -57,33 +192,36 @@ void mb_broker_commit(mb_broker *b)
         mb__hist_bucket(b, us);
         b->txn_open = 0;
         if (rc) {
-            /* Nothing acknowledged may be lost, so a failed commit must not be
-             * acknowledged: the held replies are dropped with their sessions'
-             * connections, and the broker stops accepting writes. */
-            mb_error("store", "COMMIT FAILED: %s (%s); closing affected connections, refusing further writes",
-                     mst_strerror(rc), mst_last_error(b->store));
             mst_rollback(b->store);
-            b->store_failed = 1;
-            for (mb_session *s = b->wake_list; s; s = s->wake_next)
-                if (s->wsi)
-                    lws_set_timeout(s->wsi, PENDING_TIMEOUT_CLOSE_SEND, LWS_TO_KILL_ASYNC);
+            mb__store_failed(b, "COMMIT", rc);
+            b->committed_gen = b->txn_gen;
+        } else if (mst_sync_deferred(b->store)) {
+            struct mb_syncer *y = mb__syncer(b);
+            if (y) {
+                pthread_mutex_lock(&y->mu);
+                y->want = b->txn_gen;
+                pthread_cond_signal(&y->cv);
+                pthread_mutex_unlock(&y->mu);
+            } else if ((rc = mst_sync(b->store))) {
+                mb__store_failed(b, "FSYNC OF THE WAL", rc);
+            } else {
+                b->committed_gen = b->txn_gen;
+            }
+        } else {
+            b->committed_gen = b->txn_gen;
         }
-        b->committed_gen = b->txn_gen;
     }
-    mb_session *s = b->wake_list;
-    b->wake_list = NULL;
-    while (s) {
-        mb_session *n = s->wake_next;
-        s->in_wake_list = 0;
-        s->wake_next = NULL;
-        if (s->wsi && s->state != MB_CLOSED && !b->store_failed)
-            lws_callback_on_writable(s->wsi);
-        s = n;
-    }
+    mb__wake(b);
     /* sessions retired during this pass can go now that no queue refers to them */
     while (b->graveyard) {
         mb_session *d = b->graveyard;
         b->graveyard = d->next_dead;
+        if (d->in_wake_list) /* still waiting for a sync: unlink it */
+            for (mb_session **pp = &b->wake_list; *pp; pp = &(*pp)->wake_next)
+                if (*pp == d) {
+                    *pp = d->wake_next;
+                    break;
+                }
         mb_session_free(d);
     }
 }
@@ -250,6 +388,9 @@ void mb_broker_free(mb_broker *b)
         mst_commit(b->store);
         b->txn_open = 0;
     }
+    mb_broker_sync_stop(b); /* flushes what it was asked to */
+    if (b->store)
+        mst_sync(b->store);
     while (b->graveyard) {
         mb_session *d = b->graveyard;
         b->graveyard = d->next_dead;

@@ -358,10 +358,13 @@ struct mb_broker {
     size_t hist_bytes;         /* approximate memory held by the history */
     mb_map *sub_index;         /* subscription id -> mb_sub* */
 
-    /* group commit */
+    /* group commit: frames queued with gen > committed_gen wait (session.c);
+     * committed_gen is the newest durable group (with a deferred-sync store,
+     * the one the sync thread last flushed: see broker.c) */
     int txn_open;
     uint64_t txn_gen, committed_gen;
     mb_session *wake_list;
+    struct mb_syncer *syncer;  /* deferred-sync stores only, else NULL */
     int store_failed;          /* a commit failed: the broker refuses writes (see broker.c) */
 
     mb_mail *mail;             /* mail service (mail.c) */
@@ -375,6 +378,11 @@ int mb_broker_init(mb_broker *b, mb_config *cfg, char *errbuf, size_t errlen);
 void mb_broker_free(mb_broker *b);
 /* Called from a loop timer: commit the open transaction and release held frames. */
 void mb_broker_commit(mb_broker *b);
+/* On the loop after every service pass: release what the sync thread made
+ * durable since (no-op without a deferred-sync store). */
+void mb_broker_synced(mb_broker *b);
+/* Stop the sync thread once it has flushed what it was asked to. */
+void mb_broker_sync_stop(mb_broker *b);
 /* Periodic housekeeping (expired sessions, slow consumers). */
 void mb_broker_housekeeping(mb_broker *b);
 

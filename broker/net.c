@@ -343,15 +343,18 @@ int mb_net_start(mb_broker *b, char *errbuf, size_t errlen)
 
 void mb_net_run(mb_broker *b)
 {
-    while (!b->stopping)
+    while (!b->stopping) {
         if (lws_service(b->ctx, 0) < 0)
             break;
+        mb_broker_synced(b); /* the sync thread wakes us with lws_cancel_service */
+    }
 }
 
 void mb_net_stop(mb_broker *b)
 {
     if (b->txn_open)
         mb_broker_commit(b);
+    mb_broker_sync_stop(b);
     if (b->ctx) {
         mb_federation_stop();
         lws_sul_cancel(&sul_commit);

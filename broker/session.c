@@ -6,7 +6,7 @@
  * (mb_session_on_writeable), and the callback re-arms itself while work
  * remains.
  * A frame is releasable only when the store transaction it was produced in
- * has committed (qent.gen <= broker.committed_gen). */
+ * (or the newest one before it) is durable (qent.gen <= broker.committed_gen). */
 #include <libwebsockets.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -133,7 +133,10 @@ int mb_session_send(mb_session *s, mb_frame *f, enum mb_qkind kind)
     q->next = NULL;
     q->off = 0;
     q->kind = kind;
-    q->gen = b->txn_open ? b->txn_gen : 0;
+    /* the open group, or the newest committed one: a frame produced outside
+     * a transaction may still show what that group wrote, so it waits until
+     * the group is durable too (at once unless a sync is pending) */
+    q->gen = b->txn_gen;
     if (!s->q_head)
         s->progress_at = mb_now();
     if (s->q_tail)

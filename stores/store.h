@@ -38,6 +38,7 @@
 #include <stdint.h>
 
 #define MST_OPS_V1 1
+#define MST_OPS_V2 2 /* + sync_deferred, sync */
 
 /* Error codes shared by every backend. 0 is success. */
 enum mst_rc {
@@ -191,6 +192,15 @@ struct mst_ops {
      * that event itself was never stored. MST_ENOTFOUND if no retained event
      * sorts after it. */
     int (*event_seq_after_id)(struct mst_store *st, const char *event_id, uint64_t *seq);
+
+    /* ---- version 2 (optional: NULL = every commit is durable on return) ----
+     * Deferred durability: when sync_deferred(st) is 1, commit() returns once
+     * the transaction is written and visible, and sync() makes every
+     * transaction committed before the call durable. Unlike every other
+     * method, sync() may run on another thread, concurrently with the rest,
+     * so that the broker can work on the next group while the disk flushes. */
+    int (*sync_deferred)(struct mst_store *st);
+    int (*sync)(struct mst_store *st);
 };
 
 /* Every backend's handle starts with this; the wrappers dispatch through it. */
@@ -210,6 +220,10 @@ int mst_open_uri(const char *uri, enum mst_durability dur, struct mst_store **ou
 static inline void mst_close(struct mst_store *st) { if (st) st->ops->close(st); }
 static inline int mst_begin(struct mst_store *st) { return st->ops->begin(st); }
 static inline int mst_commit(struct mst_store *st) { return st->ops->commit(st); }
+static inline int mst_sync_deferred(struct mst_store *st)
+{ return st->ops->version >= MST_OPS_V2 && st->ops->sync_deferred && st->ops->sync_deferred(st); }
+static inline int mst_sync(struct mst_store *st)
+{ return st->ops->version >= MST_OPS_V2 && st->ops->sync ? st->ops->sync(st) : MST_OK; }
 static inline int mst_rollback(struct mst_store *st) { return st->ops->rollback(st); }
 static inline const char *mst_epoch(struct mst_store *st) { return st->ops->epoch(st); }
 static inline const char *mst_name(struct mst_store *st) { return st->ops->name; }

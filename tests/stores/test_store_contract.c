@@ -254,6 +254,9 @@ static void test_epoch(void **state)
     assert_true(mp_ulid_time(e) > 1600000000000);
     assert_string_equal(mst_epoch(st), e); /* stable within a session */
     assert_string_equal(mst_name(st), g_backend);
+    if (!is_sqlite()) /* the memory store's commits need no sync */
+        assert_int_equal(mst_sync_deferred(st), 0);
+    assert_int_equal(mst_sync(st), MST_OK);
 }
 
 static void test_records_put_get_upsert(void **state)
@@ -1085,6 +1088,25 @@ static void test_sqlite_wal_bounded(void **state)
     assert_int_equal(n, 30000);
 }
 
+/* durability full: commits are durable only after mst_sync (the broker's sync
+ * thread), which flushes what earlier commits wrote; normal needs none */
+static void test_sqlite_deferred_sync(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(mst_sync_deferred(f->st), 1);
+    assert_int_equal(mst_begin(f->st), MST_OK);
+    assert_int_equal(add_turn(f->st, "S", 1, NULL), MST_OK);
+    assert_int_equal(mst_commit(f->st), MST_OK);
+    assert_int_equal(mst_sync(f->st), MST_OK);
+    mst_close(f->st);
+    f->st = NULL;
+    assert_int_equal(fx_reopen(f, MST_DUR_NORMAL), MST_OK);
+    assert_int_equal(mst_sync_deferred(f->st), 0);
+    uint64_t n = 0;
+    assert_int_equal(mst_turn_count(f->st, "S", &n), MST_OK);
+    assert_int_equal(n, 1);
+}
+
 static void test_sqlite_epoch_distinct(void **state)
 {
     struct fx *f = *state;
@@ -1283,6 +1305,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest sqlite_only[] = {
         T(test_sqlite_reopen),
         T(test_sqlite_wal_bounded),
+        T(test_sqlite_deferred_sync),
         T(test_sqlite_epoch_distinct),
         T(test_sqlite_ebusy),
         T(test_sqlite_file_modes),
