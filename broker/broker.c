@@ -91,10 +91,9 @@ static void *mb__sync_main(void *arg)
  * (then the loop syncs inline). */
 static struct mb_syncer *mb__syncer(mb_broker *b)
 {
-    static int tried;
-    if (b->syncer || tried || !b->ctx || !mst_sync_deferred(b->store))
+    if (b->syncer || b->syncer_tried || !b->ctx || !mst_sync_deferred(b->store))
         return b->syncer;
-    tried = 1;
+    b->syncer_tried = 1;
     struct mb_syncer *y = calloc(1, sizeof *y);
     if (!y)
         return NULL;

@@ -365,6 +365,7 @@ struct mb_broker {
     uint64_t txn_gen, committed_gen;
     mb_session *wake_list;
     struct mb_syncer *syncer;  /* deferred-sync stores only, else NULL */
+    int syncer_tried;
     int store_failed;          /* a commit failed: the broker refuses writes (see broker.c) */
 
     mb_mail *mail;             /* mail service (mail.c) */

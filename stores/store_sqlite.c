@@ -1,9 +1,10 @@
 /* store_sqlite.c - the "sqlite" backend: the broker's default, durable store.
  *
  * Mechanics (C-HABITS habit 13):
- *  - one connection, WAL journal. synchronous=FULL (MST_DUR_FULL) fsyncs the
- *    WAL at every commit: a committed transaction survives process crash, OS
- *    crash and power loss. synchronous=NORMAL (MST_DUR_NORMAL) fsyncs only at
+ *  - one connection, WAL journal. MST_DUR_FULL: every commit is durable once
+ *    sq_sync has fdatasync'd the WAL (the broker's sync thread does, before it
+ *    acknowledges: store.h "deferred durability"); it then survives process
+ *    crash, OS crash and power loss. synchronous=NORMAL (MST_DUR_NORMAL) fsyncs only at
  *    checkpoints: still safe against a *process* crash (the WAL frames are in
  *    the OS page cache), but an OS crash or power loss can lose the last
  *    transactions committed since the previous checkpoint (the database itself
@@ -27,6 +28,7 @@
  * MST_EINVAL (same rule as the memory backend); so is re-entering the scan that
  * is running (one prepared statement cannot run twice at the same time).
  */
+#define _GNU_SOURCE /* memmem */
 #include "store.h"
 #include "store_int.h"
 
@@ -45,7 +47,7 @@
 #include <unistd.h>
 
 /* Bump when the schema changes and add the step to sq__migrations. */
-#define SQ_SCHEMA_VERSION 1
+#define SQ_SCHEMA_VERSION 2
 
 static const char sq__schema_v1[] =
     "CREATE TABLE meta(k TEXT PRIMARY KEY NOT NULL, v TEXT NOT NULL) WITHOUT ROWID;"
@@ -74,7 +76,16 @@ static const char sq__schema_v1[] =
  * the same transaction as the version bump. Empty while v1 is the only schema;
  * the slot keeps the ladder's shape visible. */
 static const char *const sq__migrations[] = {
-    NULL, /* 1 -> 2: not yet */
+    /* 1 -> 2: an event that embeds the turn appended just before it in the
+     * same transaction (mail.turn.added does) stores itself without those
+     * bytes, plus where they go (turn_off) and which turn (turn_seq, in the
+     * event's conversation); scans join them back. A third less written per
+     * turn. The (conv_id, seq) index on events goes: the broker never scans
+     * events by conversation, and a conversation scan still works by
+     * walking the log. */
+    "DROP INDEX events_conv;"
+    "ALTER TABLE events ADD COLUMN turn_seq INTEGER;"
+    "ALTER TABLE events ADD COLUMN turn_off INTEGER;",
 };
 
 enum sq_stmt {
@@ -109,6 +120,10 @@ enum sq_stmt {
 #define SQ_TURN_COLS "id, conv_id, seq, thread_id, participant, content_type, ts, json"
 #define SQ_EV_COLS "seq, id, type, conv_id, ts, json"
 #define SQ_AU_COLS "id, ts, principal, action, target, json"
+/* an event row with the turn it embeds (schema v2) */
+#define SQ_EV_SEL                                                                                                      \
+    "SELECT e.seq, e.id, e.type, e.conv_id, e.ts, e.json, e.turn_off, t.json FROM events e LEFT JOIN turns t"        \
+    " ON e.turn_seq IS NOT NULL AND t.conv_id = e.conv_id AND t.seq = e.turn_seq"
 
 /* Separate statements where a single one with "(?1 IS NULL OR col = ?1)" would
  * stop the planner from using the partial / prefix index it needs. */
@@ -132,9 +147,9 @@ static const char *const sq__sql[SQ_NSTMT] = {
     [SQ_TURN_GET] = "SELECT " SQ_TURN_COLS " FROM turns WHERE id = ?1",
     [SQ_TURN_LAST] = "SELECT seq FROM turns WHERE conv_id = ?1 ORDER BY seq DESC LIMIT 1",
     [SQ_TURN_COUNT] = "SELECT count(*) FROM turns WHERE conv_id = ?1",
-    [SQ_EV_INS] = "INSERT INTO events(" SQ_EV_COLS ") VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
-    [SQ_EV_SCAN] = "SELECT " SQ_EV_COLS " FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-    [SQ_EV_SCAN_CONV] = "SELECT " SQ_EV_COLS " FROM events WHERE conv_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    [SQ_EV_INS] = "INSERT INTO events(" SQ_EV_COLS ", turn_seq, turn_off) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    [SQ_EV_SCAN] = SQ_EV_SEL " WHERE e.seq > ?1 ORDER BY e.seq LIMIT ?2",
+    [SQ_EV_SCAN_CONV] = SQ_EV_SEL " WHERE e.conv_id = ?1 AND e.seq > ?2 ORDER BY e.seq LIMIT ?3",
     [SQ_EV_LAST] = "SELECT seq, id FROM events ORDER BY seq DESC LIMIT 1",
     [SQ_EV_SEQ_OF] = "SELECT seq FROM events WHERE id = ?1",
     [SQ_EV_FIRST] = "SELECT seq FROM events ORDER BY seq ASC LIMIT 1",
@@ -155,6 +170,14 @@ struct sq_store {
     bool in_tx;      /* the caller's view: begin() succeeded, commit/rollback not yet called */
     bool tx_aborted; /* SQLite rolled the transaction back on its own (I/O error, disk full) */
     int depth;       /* > 0 while a callback runs */
+    struct {         /* the last turn appended in this transaction (events that embed it) */
+        bool valid;
+        uint64_t seq;
+        char *conv, *json;
+        size_t len, cap, conv_cap;
+    } lt;
+    char *cut;       /* scratch: an event without its turn */
+    size_t cut_cap;
     char epoch[64];
     char err[512];
     struct sq_ckpt { /* background checkpoints (see sq__ckpt_start) */
@@ -264,6 +287,7 @@ static int sq_begin(struct mst_store *st)
         return MST_EINVAL;
     }
     rc = sq__run(s, SQ_BEGIN, SQLITE_OK, "begin");
+    s->lt.valid = false;
     if (rc == MST_OK)
         s->in_tx = true;
     return rc;
@@ -281,7 +305,7 @@ static int sq_commit(struct mst_store *st)
         return MST_EINVAL;
     }
     if (s->tx_aborted) {
-        s->in_tx = s->tx_aborted = false;
+        s->in_tx = s->tx_aborted = s->lt.valid = false;
         mst__fmt(s->err, sizeof s->err, "commit: the transaction had already been rolled back after an error");
         return MST_EIO;
     }
@@ -294,7 +318,7 @@ static int sq_commit(struct mst_store *st)
         (void)sqlite3_step(s->stmt[SQ_ROLLBACK]);
         sqlite3_reset(s->stmt[SQ_ROLLBACK]);
     }
-    s->in_tx = s->tx_aborted = false;
+    s->in_tx = s->tx_aborted = s->lt.valid = false;
     return rc;
 }
 
@@ -312,7 +336,7 @@ static int sq_rollback(struct mst_store *st)
     int rc = MST_OK;
     if (!sqlite3_get_autocommit(s->db))
         rc = sq__run(s, SQ_ROLLBACK, SQLITE_OK, "rollback");
-    s->in_tx = s->tx_aborted = false;
+    s->in_tx = s->tx_aborted = s->lt.valid = false;
     return rc;
 }
 
@@ -438,6 +462,9 @@ static int sq_get(struct mst_store *st, enum mst_kind kind, const char *owner, c
 
 /* ------------------------------------------------------------------ turns */
 
+static int sq__reserve(char **buf, size_t *cap, size_t n);
+static int sq__keep(char **buf, size_t *cap, const char *src, size_t n);
+
 static int sq_turn_append(struct mst_store *st, const struct mst_turn *t)
 {
     struct sq_store *s = SQ(st);
@@ -455,7 +482,38 @@ static int sq_turn_append(struct mst_store *st, const struct mst_turn *t)
     if (!b) b = sq__bind_text(q, 6, t->content_type);
     if (!b) b = sqlite3_bind_int64(q, 7, t->ts);
     if (!b) b = sq__bind_json(q, 8, t->json, t->len);
-    return sq__run(s, SQ_TURN_INS, b, "append turn");
+    rc = sq__run(s, SQ_TURN_INS, b, "append turn");
+    s->lt.valid = false;
+    if (rc == MST_OK && s->in_tx) /* an event of this transaction may embed it */
+        s->lt.valid = sq__keep(&s->lt.json, &s->lt.cap, t->json, mst__jlen(t->json, t->len)) == 0 &&
+                      sq__keep(&s->lt.conv, &s->lt.conv_cap, t->conv_id, strlen(t->conv_id) + 1) == 0;
+    if (s->lt.valid) {
+        s->lt.len = mst__jlen(t->json, t->len);
+        s->lt.seq = t->seq;
+    }
+    return rc;
+}
+
+/* A reusable buffer of at least n bytes. */
+static int sq__reserve(char **buf, size_t *cap, size_t n)
+{
+    if (n > *cap) {
+        char *nb = realloc(*buf, n);
+        if (!nb)
+            return -1;
+        *buf = nb;
+        *cap = n;
+    }
+    return 0;
+}
+
+/* Copy n bytes into a reusable buffer. */
+static int sq__keep(char **buf, size_t *cap, const char *src, size_t n)
+{
+    if (sq__reserve(buf, cap, n))
+        return -1;
+    memcpy(*buf, src, n);
+    return 0;
 }
 
 static int sq__turn_row(sqlite3_stmt *q, void *cb, void *arg)
@@ -562,13 +620,34 @@ static int sq_event_append(struct mst_store *st, const struct mst_event *e)
         return rc;
     if (!mst__event_ok(e))
         return MST_EINVAL;
+    /* schema v2: an event that embeds the turn appended just before it in this
+     * transaction is stored without it (both land in the same commit, so the
+     * scan's join always finds the turn) */
+    const char *json = e->json;
+    size_t len = mst__jlen(e->json, e->len);
+    const char *hit = NULL;
+    if (s->lt.valid && e->conv_id && s->lt.len && len > s->lt.len && !strcmp(e->conv_id, s->lt.conv))
+        hit = memmem(json, len, s->lt.json, s->lt.len);
+    if (hit) {
+        size_t off = (size_t)(hit - json), rest = len - off - s->lt.len;
+        if (sq__reserve(&s->cut, &s->cut_cap, len - s->lt.len) == 0) {
+            memcpy(s->cut, json, off);
+            memcpy(s->cut + off, hit + s->lt.len, rest);
+            json = s->cut;
+            len -= s->lt.len;
+        } else {
+            hit = NULL; /* out of memory: store it whole */
+        }
+    }
     sqlite3_stmt *q = s->stmt[SQ_EV_INS];
     int b = sqlite3_bind_int64(q, 1, (sqlite3_int64)e->seq);
     if (!b) b = sq__bind_text(q, 2, e->id);
     if (!b) b = sq__bind_text(q, 3, e->type);
     if (!b) b = sq__bind_text(q, 4, e->conv_id);
     if (!b) b = sqlite3_bind_int64(q, 5, e->ts);
-    if (!b) b = sq__bind_json(q, 6, e->json, e->len);
+    if (!b) b = sqlite3_bind_text64(q, 6, json, len, SQLITE_STATIC, SQLITE_UTF8);
+    if (!b) b = hit ? sqlite3_bind_int64(q, 7, (sqlite3_int64)s->lt.seq) : sqlite3_bind_null(q, 7);
+    if (!b) b = hit ? sqlite3_bind_int64(q, 8, (sqlite3_int64)(hit - e->json)) : sqlite3_bind_null(q, 8);
     return sq__run(s, SQ_EV_INS, b, "append event");
 }
 
@@ -583,8 +662,24 @@ static int sq__event_row(sqlite3_stmt *q, void *cb, void *arg)
         .json = sq__col(q, 5),
         .len = (size_t)sqlite3_column_bytes(q, 5),
     };
+    char *joined = NULL;
+    if (sqlite3_column_type(q, 6) != SQLITE_NULL) { /* put the turn back (schema v2) */
+        sqlite3_int64 off = sqlite3_column_int64(q, 6);
+        const char *tj = sq__col(q, 7);
+        size_t tl = (size_t)sqlite3_column_bytes(q, 7);
+        if (tj && e.json && off >= 0 && (size_t)off <= e.len && (joined = malloc(e.len + tl + 1))) {
+            memcpy(joined, e.json, (size_t)off);
+            memcpy(joined + off, tj, tl);
+            memcpy(joined + off + tl, e.json + off, e.len - (size_t)off);
+            joined[e.len + tl] = '\0';
+            e.json = joined;
+            e.len += tl;
+        }
+    }
     mst_event_cb f = *(mst_event_cb *)cb;
-    return f(arg, &e);
+    int stop = f(arg, &e);
+    free(joined);
+    return stop;
 }
 
 static int sq_event_scan(struct mst_store *st, const struct mst_event_query *qq, mst_event_cb cb, void *arg)
@@ -871,6 +966,9 @@ static void sq_close(struct mst_store *st)
      * "hold" the lock. Closing the descriptor releases the flock. */
     if (s->wal_fd >= 0)
         close(s->wal_fd);
+    free(s->lt.json);
+    free(s->lt.conv);
+    free(s->cut);
     if (s->lock_fd >= 0)
         close(s->lock_fd);
     free(s->path);
@@ -1012,8 +1110,8 @@ static int sq__create_schema(struct sq_store *s, char *errbuf, size_t errlen)
     int64_t now = mp_now_ms();
     mp_ulid_next(&g, now, epoch);
     snprintf(sql, sizeof sql,
-             "INSERT INTO meta(k, v) VALUES('schema_version', '%d'), ('epoch', '%s'), ('created_ms', '%lld');",
-             SQ_SCHEMA_VERSION, epoch, (long long)now);
+             "INSERT INTO meta(k, v) VALUES('schema_version', '1'), ('epoch', '%s'), ('created_ms', '%lld');",
+             epoch, (long long)now); /* v1, then the migration ladder: one path for new and old files */
     int rc = sq__exec(s, "BEGIN IMMEDIATE", "create schema", errbuf, errlen);
     if (rc)
         return rc;

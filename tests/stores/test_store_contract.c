@@ -626,6 +626,52 @@ static void test_turns_pagination(void **state)
     }
 }
 
+static int add_event_json(struct mst_store *st, uint64_t seq, const char *conv, const char *json)
+{
+    char id[32];
+    snprintf(id, sizeof id, "E%08llu", (unsigned long long)seq);
+    struct mst_event e = {.seq = seq, .id = id, .type = "mail.turn.added", .conv_id = conv,
+                          .ts = 1700000000000 + (int64_t)seq, .json = json, .len = strlen(json)};
+    return mst_event_append(st, &e);
+}
+
+/* Events that embed the turn appended just before them (mail.turn.added does)
+ * read back byte for byte, whether the backend stores them whole or not
+ * (sqlite v2 cuts the turn out and joins it back). */
+static void test_events_embed_turn(void **state)
+{
+    struct mst_store *st = ST(state);
+    const char *t1 = "{\"id\":\"turn-A-1\",\"seq\":1}", *t2 = "{\"id\":\"turn-A-2\",\"seq\":2}";
+    char e1[160], e2[160], e3[160], e4[160];
+    snprintf(e1, sizeof e1, "{\"id\":\"E00000001\",\"data\":{\"conversationId\":\"A\",\"turn\":%s,\"seq\":1}}", t1);
+    snprintf(e2, sizeof e2, "{\"id\":\"E00000002\",\"data\":{\"turn\":%s}}", t1); /* the same turn again */
+    snprintf(e3, sizeof e3, "%s", t2);                                          /* nothing but the turn */
+    snprintf(e4, sizeof e4, "{\"id\":\"E00000004\",\"data\":{\"turn\":%s,\"x\":1}}", t1); /* a later transaction */
+    assert_int_equal(mst_begin(st), MST_OK);
+    assert_int_equal(add_turn(st, "A", 1, NULL), MST_OK);
+    assert_int_equal(add_event_json(st, 1, "A", e1), MST_OK);
+    assert_int_equal(add_event_json(st, 2, "A", e2), MST_OK);
+    assert_int_equal(add_turn(st, "A", 2, NULL), MST_OK);
+    assert_int_equal(add_event_json(st, 3, "B", e2), MST_OK); /* another conversation: stored whole */
+    assert_int_equal(mst_commit(st), MST_OK);
+    assert_int_equal(mst_begin(st), MST_OK);
+    assert_int_equal(add_event_json(st, 4, "A", e4), MST_OK);
+    assert_int_equal(add_turn(st, "A", 3, NULL), MST_OK);
+    assert_int_equal(add_event_json(st, 5, "A", e3), MST_OK); /* not turn 3: stored whole */
+    assert_int_equal(mst_commit(st), MST_OK);
+    struct coll c = scan_events(st, 0, NULL, 0);
+    assert_int_equal(c.n, 5);
+    const char *want[5] = {e1, e2, e2, e4, e3};
+    for (int i = 0; i < 5; i++) {
+        assert_string_equal(c.json[i], want[i]);
+        assert_int_equal(c.len[i], strlen(want[i]));
+    }
+    c = scan_events(st, 1, "A", 2);
+    assert_int_equal(c.n, 2);
+    assert_string_equal(c.json[0], e2);
+    assert_string_equal(c.json[1], e4);
+}
+
 static void test_events(void **state)
 {
     struct mst_store *st = ST(state);
@@ -1196,10 +1242,72 @@ static void test_sqlite_schema_newer(void **state)
     assert_non_null(strstr(err, "newer"));
     /* the failed open released its lock: fixing the version makes it open again */
     assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, "UPDATE meta SET v = '1' WHERE k = 'schema_version'", NULL, NULL, NULL),
+    assert_int_equal(sqlite3_exec(db, "UPDATE meta SET v = '2' WHERE k = 'schema_version'", NULL, NULL, NULL),
                      SQLITE_OK);
     sqlite3_close(db);
     assert_int_equal(fx_reopen(f, MST_DUR_FULL), MST_OK);
+}
+
+/* A version-1 file (as mapbroker wrote them before the v2 schema) opens,
+ * climbs to v2, keeps its events, and takes new ones. */
+static void test_sqlite_migrate_v1(void **state)
+{
+    struct fx *f = *state;
+    char p[300], uri[320], err[512] = "";
+    snprintf(p, sizeof p, "%s/v1.db", f->dir);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(p, &db), SQLITE_OK);
+    static const char v1[] =
+        "PRAGMA journal_mode=WAL;"
+        "CREATE TABLE meta(k TEXT PRIMARY KEY NOT NULL, v TEXT NOT NULL) WITHOUT ROWID;"
+        "CREATE TABLE records(kind INTEGER NOT NULL, owner TEXT NOT NULL, key TEXT NOT NULL,"
+        " json TEXT NOT NULL, PRIMARY KEY(kind, owner, key));"
+        "CREATE TABLE turns(conv_id TEXT NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL,"
+        " thread_id TEXT, participant TEXT, content_type TEXT, ts INTEGER NOT NULL, json TEXT NOT NULL);"
+        "CREATE UNIQUE INDEX turns_conv_seq ON turns(conv_id, seq);"
+        "CREATE UNIQUE INDEX turns_id ON turns(id);"
+        "CREATE TABLE events(seq INTEGER PRIMARY KEY, id TEXT NOT NULL, type TEXT NOT NULL, conv_id TEXT,"
+        " ts INTEGER NOT NULL, json TEXT NOT NULL);"
+        "CREATE UNIQUE INDEX events_id ON events(id);"
+        "CREATE INDEX events_conv ON events(conv_id, seq) WHERE conv_id IS NOT NULL;"
+        "CREATE TABLE audit(id TEXT NOT NULL, ts INTEGER NOT NULL, principal TEXT, action TEXT, target TEXT,"
+        " json TEXT NOT NULL);"
+        "CREATE UNIQUE INDEX audit_id ON audit(id);"
+        "INSERT INTO meta(k, v) VALUES('schema_version', '1'), ('epoch', '01J00000000000000000000000'),"
+        " ('created_ms', '1700000000000');"
+        "INSERT INTO turns VALUES('A', 1, 'turn-A-1', NULL, 'agent-a', 'text', 1, '{\"id\":\"turn-A-1\",\"seq\":1}');"
+        "INSERT INTO events VALUES(1, 'E00000001', 'mail.turn.added', 'A', 1,"
+        " '{\"id\":\"E00000001\",\"turn\":{\"id\":\"turn-A-1\",\"seq\":1}}');";
+    assert_int_equal(sqlite3_exec(db, v1, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    snprintf(uri, sizeof uri, "sqlite:%s", p);
+    struct mst_store *st = NULL;
+    assert_int_equal(mst_open_uri(uri, MST_DUR_FULL, &st, err, sizeof err), MST_OK);
+    assert_string_equal(mst_epoch(st), "01J00000000000000000000000");
+    assert_int_equal(mst_begin(st), MST_OK);
+    assert_int_equal(add_turn(st, "A", 2, NULL), MST_OK);
+    assert_int_equal(add_event_json(st, 2, "A", "{\"id\":\"E00000002\",\"turn\":{\"id\":\"turn-A-2\",\"seq\":2}}"),
+                     MST_OK);
+    assert_int_equal(mst_commit(st), MST_OK);
+    struct coll c = scan_events(st, 0, "A", 0);
+    assert_int_equal(c.n, 2);
+    assert_string_equal(c.json[0], "{\"id\":\"E00000001\",\"turn\":{\"id\":\"turn-A-1\",\"seq\":1}}");
+    assert_string_equal(c.json[1], "{\"id\":\"E00000002\",\"turn\":{\"id\":\"turn-A-2\",\"seq\":2}}");
+    mst_close(st);
+    assert_int_equal(sqlite3_open(p, &db), SQLITE_OK);
+    sqlite3_stmt *q = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT v FROM meta WHERE k = 'schema_version'", -1, &q, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(q, 0), "2");
+    sqlite3_finalize(q);
+    /* the new event is stored without its turn: a third less written per turn */
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT json, turn_seq FROM events WHERE seq = 2", -1, &q, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(q, 0), "{\"id\":\"E00000002\",\"turn\":}");
+    assert_int_equal(sqlite3_column_int64(q, 1), 2);
+    sqlite3_finalize(q);
+    sqlite3_close(db);
 }
 
 static void test_sqlite_not_a_db(void **state)
@@ -1248,7 +1356,7 @@ static void test_sqlite_meta(void **state)
             assert_string_equal(v, epoch);
             seen |= 1;
         } else if (strcmp(k, "schema_version") == 0) {
-            assert_string_equal(v, "1");
+            assert_string_equal(v, "2");
             seen |= 2;
         }
     }
@@ -1291,6 +1399,7 @@ int main(int argc, char **argv)
         T(test_turn_eexist),
         T(test_turns_pagination),
         T(test_events),
+        T(test_events_embed_turn),
         T(test_events_trim),
         T(test_audit),
         T(test_callbacks_stop),
@@ -1311,6 +1420,7 @@ int main(int argc, char **argv)
         T(test_sqlite_file_modes),
         T(test_sqlite_schema_newer),
         T(test_sqlite_not_a_db),
+        T(test_sqlite_migrate_v1),
         T(test_sqlite_meta),
     };
     int fails = 0;
