@@ -17,7 +17,14 @@ void mb_new_id(mb_broker *b, const char *prefix, char *out, size_t outlen)
 {
     char u[MP_ULID_LEN + 1];
     mp_ulid_next(&b->ulid, mb_now(), u);
-    snprintf(out, outlen, "%s%s", prefix ? prefix : "", u);
+    size_t pn = prefix ? strlen(prefix) : 0;
+    if (pn + MP_ULID_LEN + 1 > outlen) { /* never with the buffers we pass; truncate like snprintf */
+        snprintf(out, outlen, "%s%s", prefix ? prefix : "", u);
+        return;
+    }
+    if (pn)
+        memcpy(out, prefix, pn);
+    memcpy(out + pn, u, MP_ULID_LEN + 1);
 }
 
 int mb_txn(mb_broker *b)

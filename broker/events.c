@@ -380,10 +380,13 @@ static mb_event *mb__emit(mb_broker *b, const char *type, const char *source, js
         ev->conv_id = cid ? strdup(cid) : NULL;
     }
     if (caused_by && *caused_by) {
-        size_t n = strlen(caused_by) + 5;
-        ev->caused_by = malloc(n);
-        if (ev->caused_by)
-            snprintf(ev->caused_by, n, "[\"%s\"]", caused_by); /* ULIDs need no escaping */
+        size_t n = strlen(caused_by);
+        ev->caused_by = malloc(n + 5);
+        if (ev->caused_by) { /* ["<id>"]: ULIDs need no escaping */
+            memcpy(ev->caused_by, "[\"", 2);
+            memcpy(ev->caused_by + 2, caused_by, n);
+            memcpy(ev->caused_by + 2 + n, "\"]", 3);
+        }
     }
     /* lazy only where nothing needs the text now: not persisted, no subscriber */
     lazy = lazy && mb__is_message_event(type) && mb_map_size(b->sub_index) == 0;

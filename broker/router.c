@@ -13,26 +13,61 @@ typedef struct mb_rcpt {
     mb_session *s; /* NULL = offline */
 } mb_rcpt;
 
+/* Recipients, each id once. Most sends have one or a few: those live in
+ * `small` and are deduplicated by a linear scan; a map of seen ids (and a heap
+ * array) appears only past MB_RS_SMALL. */
+#define MB_RS_SMALL 8
 typedef struct mb_rset {
-    mb_rcpt *v;
+    mb_rcpt *v; /* small, or heap */
     size_t n, cap;
     mb_map *seen;
+    mb_rcpt small[MB_RS_SMALL];
 } mb_rset;
+
+static void mb__rs_init(mb_rset *rs)
+{
+    rs->v = rs->small;
+    rs->n = 0;
+    rs->cap = MB_RS_SMALL;
+    rs->seen = NULL;
+}
+
+static void mb__rs_free(mb_rset *rs)
+{
+    if (rs->v != rs->small)
+        free(rs->v);
+    mb_map_free(rs->seen, NULL);
+}
 
 static void mb__rs_add(mb_rset *rs, const char *id, mb_session *s)
 {
-    if (mb_map_get(rs->seen, id))
-        return;
+    if (rs->seen) {
+        if (mb_map_get(rs->seen, id))
+            return;
+    } else {
+        for (size_t i = 0; i < rs->n; i++)
+            if (!strcmp(rs->v[i].id, id))
+                return;
+    }
     if (rs->n == rs->cap) {
-        size_t nc = rs->cap ? rs->cap * 2 : 16;
-        mb_rcpt *nv = realloc(rs->v, nc * sizeof *nv);
+        size_t nc = rs->cap * 2;
+        mb_rcpt *nv = rs->v == rs->small ? malloc(nc * sizeof *nv) : realloc(rs->v, nc * sizeof *nv);
         if (!nv)
             return;
+        if (rs->v == rs->small)
+            memcpy(nv, rs->small, sizeof rs->small);
         rs->v = nv;
         rs->cap = nc;
     }
+    if (!rs->seen && rs->n == MB_RS_SMALL) { /* many: switch to a map */
+        if (!(rs->seen = mb_map_new()))
+            return;
+        for (size_t i = 0; i < rs->n; i++)
+            mb_map_put(rs->seen, rs->v[i].id, (void *)1);
+    }
     rs->v[rs->n++] = (mb_rcpt){id, s};
-    mb_map_put(rs->seen, id, (void *)1);
+    if (rs->seen)
+        mb_map_put(rs->seen, id, (void *)1);
 }
 
 static void mb__rs_agent(mb_rset *rs, mb_agent *a)
@@ -356,11 +391,11 @@ int mb_send_message(mb_ctx *cx, json_t *to, json_t *payload, json_t *meta, char 
         return cx->err.code;
     if (meta && !json_is_object(meta))
         return MB_FAIL(cx, MP_INVALID_PARAMS, "meta", "Parameter meta must be an object");
-    mb_rset rs = {.seen = mb_map_new()};
+    mb_rset rs;
+    mb__rs_init(&rs);
     int federated = 0;
     if (mb__resolve(cx, &ad, &rs, &federated)) {
-        free(rs.v);
-        mb_map_free(rs.seen, NULL);
+        mb__rs_free(&rs);
         return cx->err.code;
     }
     /* Messages to/from an agent working on a task carry its task conversation
@@ -416,8 +451,9 @@ int mb_send_message(mb_ctx *cx, json_t *to, json_t *payload, json_t *meta, char 
             mb_rcpt *r = &rs.v[i];
             int ok = 0;
             if (r->s) {
-                char key[32];
-                snprintf(key, sizeof key, "%llu", (unsigned long long)r->s->serial);
+                char key[32] = "";
+                if (sent_to)
+                    snprintf(key, sizeof key, "%llu", (unsigned long long)r->s->serial);
                 if (sent_to && mb_map_get(sent_to, key))
                     ok = 1; /* one frame per connection even if it owns several targets */
                 else if (mb_route_deliver(b, r->s, f) == 0) {
@@ -465,8 +501,7 @@ int mb_send_message(mb_ctx *cx, json_t *to, json_t *payload, json_t *meta, char 
     }
 out:
     json_decref(own_meta);
-    free(rs.v);
-    mb_map_free(rs.seen, NULL);
+    mb__rs_free(&rs);
     return rc;
 }
 

@@ -56,6 +56,9 @@ static void address_forms(void **state)
         {"{'agents':['C1','C2','ghost','C1']}", "C1,C2", "0001100"},
         {"{'agents':['S','cl']}", "S,cl", "0010001"},
         {"{'agents':['C2','G']}", "C2,G", "0000100"}, /* one frame for a connection owning both */
+        /* past 8 distinct recipients the set switches from a scan to a map: duplicates on both sides */
+        {"{'agents':['C1','C2','C1','G','P','Sib','S','cl','obs','pC1','C1','pSib','G','obs']}",
+         "C1,C2,G,P,S,Sib,cl,obs,pC1,pSib", "1111111"},
         {"{'scope':'team'}", "C1,Sib", "0001010"},    /* the sender's own agent is excluded */
         {"{'role':'worker'}", "C2,Sib", "0000110"},
         {"{'role':'worker','within':'team'}", "Sib", "0000010"},
