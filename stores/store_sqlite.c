@@ -28,7 +28,6 @@
  * MST_EINVAL (same rule as the memory backend); so is re-entering the scan that
  * is running (one prepared statement cannot run twice at the same time).
  */
-#define _GNU_SOURCE /* memmem */
 #include "store.h"
 #include "store_int.h"
 
@@ -612,6 +611,24 @@ static int sq_turn_count(struct mst_store *st, const char *conv_id, uint64_t *co
 
 /* ----------------------------------------------------------------- events */
 
+/* First occurrence of needle in hay. memchr on the first byte and memcmp: the
+ * turn sits behind two or three '{' of its event, where glibc's memmem would
+ * first factorize the whole needle (5 % of a durable turn's time). */
+static const char *sq__find(const char *hay, size_t hn, const char *needle, size_t nn)
+{
+    if (!nn || nn > hn)
+        return NULL;
+    const char *last = hay + (hn - nn);
+    for (const char *p = hay; p <= last; p++) {
+        p = memchr(p, needle[0], (size_t)(last - p) + 1);
+        if (!p)
+            return NULL;
+        if (!memcmp(p, needle, nn))
+            return p;
+    }
+    return NULL;
+}
+
 static int sq_event_append(struct mst_store *st, const struct mst_event *e)
 {
     struct sq_store *s = SQ(st);
@@ -627,7 +644,7 @@ static int sq_event_append(struct mst_store *st, const struct mst_event *e)
     size_t len = mst__jlen(e->json, e->len);
     const char *hit = NULL;
     if (s->lt.valid && e->conv_id && s->lt.len && len > s->lt.len && !strcmp(e->conv_id, s->lt.conv))
-        hit = memmem(json, len, s->lt.json, s->lt.len);
+        hit = sq__find(json, len, s->lt.json, s->lt.len);
     if (hit) {
         size_t off = (size_t)(hit - json), rest = len - off - s->lt.len;
         if (sq__reserve(&s->cut, &s->cut_cap, len - s->lt.len) == 0) {
