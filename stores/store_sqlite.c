@@ -1253,6 +1253,10 @@ static int sq_open(const struct mst_config *cfg, struct mst_store **out, char *e
     if ((rc = sq__create_file(s->path, errbuf, errlen)))
         goto fail;
 
+    /* No memory statistics: with them every SQLite allocation takes a global
+     * mutex. Only possible before SQLite initializes, so only the first open
+     * of the process gets it (later calls fail harmlessly). */
+    (void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
     /* NOMUTEX: a handle is used from one thread at a time (store.h) */
     int src = sqlite3_open_v2(s->path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
     if (src != SQLITE_OK) {
