@@ -176,8 +176,15 @@ void mb_broker_synced(mb_broker *b)
     if (!y)
         return;
     int failed = atomic_load(&y->failed);
-    if (failed && !b->store_failed)
+    if (failed && !b->store_failed) {
         mb__store_failed(b, "FSYNC OF THE WAL", failed);
+        /* as after a failed commit: the held sessions are being closed
+         * (mb__wake skips them from now on); later frames (reads, errors)
+         * must not wait for a sync that will never be asked for */
+        b->committed_gen = b->txn_gen;
+        mb__wake(b);
+        return;
+    }
     uint64_t done = atomic_load(&y->done);
     if (done > b->committed_gen && !b->store_failed) {
         b->committed_gen = done;
@@ -210,6 +217,7 @@ void mb_broker_commit(mb_broker *b)
                 pthread_mutex_unlock(&y->mu);
             } else if ((rc = mst_sync(b->store))) {
                 mb__store_failed(b, "FSYNC OF THE WAL", rc);
+                b->committed_gen = b->txn_gen;
             } else {
                 b->committed_gen = b->txn_gen;
             }
