@@ -281,43 +281,29 @@ mb_event *mb_emit(mb_broker *b, const char *type, const char *source, json_t *da
  * mb__event_encode writes ({id,type,timestamp,source?,data,causedBy?}). */
 static int mb__event_splice(mb_event *ev, const char *data_text, size_t data_len)
 {
-    size_t tn, sn = 0;
-    char *tq = mp_quote(ev->type, strlen(ev->type), &tn);
-    char *sq = ev->source ? mp_quote(ev->source, strlen(ev->source), &sn) : NULL;
-    size_t cbn = ev->caused_by ? strlen(ev->caused_by) : 0;
-    size_t cap = 64 + sizeof ev->id + tn + sn + data_len + cbn + 16;
-    char *t = malloc(cap);
-    if (!tq || (ev->source && !sq) || !t) {
-        free(tq);
-        free(sq);
-        free(t);
+    mp_buf t = {0};
+    char head[64];
+    mp_buf_put(&t, head, (size_t)snprintf(head, sizeof head, "{\"id\":\"%s\",\"type\":", ev->id));
+    mp_buf_quote(&t, ev->type, strlen(ev->type));
+    mp_buf_put(&t, head, (size_t)snprintf(head, sizeof head, ",\"timestamp\":%" PRId64 ",", ev->ts));
+    if (ev->source) {
+        mp_buf_lit(&t, "\"source\":");
+        mp_buf_quote(&t, ev->source, strlen(ev->source));
+        mp_buf_lit(&t, ",");
+    }
+    mp_buf_lit(&t, "\"data\":");
+    mp_buf_put(&t, data_text, data_len);
+    if (ev->caused_by) {
+        mp_buf_lit(&t, ",\"causedBy\":");
+        mp_buf_lit(&t, ev->caused_by);
+    }
+    mp_buf_lit(&t, "}");
+    if (t.failed) {
+        free(t.p);
         return -1;
     }
-    int n = snprintf(t, cap, "{\"id\":\"%s\",\"type\":%s,\"timestamp\":%" PRId64 ",", ev->id, tq, ev->ts);
-    size_t len = (size_t)n;
-    if (sq) {
-        memcpy(t + len, "\"source\":", 9);
-        len += 9;
-        memcpy(t + len, sq, sn);
-        len += sn;
-        t[len++] = ',';
-    }
-    memcpy(t + len, "\"data\":", 7);
-    len += 7;
-    memcpy(t + len, data_text, data_len);
-    len += data_len;
-    if (ev->caused_by) {
-        memcpy(t + len, ",\"causedBy\":", 12);
-        len += 12;
-        memcpy(t + len, ev->caused_by, cbn);
-        len += cbn;
-    }
-    t[len++] = '}';
-    t[len] = '\0';
-    free(tq);
-    free(sq);
-    ev->text = t;
-    ev->text_len = len;
+    ev->text = t.p;
+    ev->text_len = t.len;
     return 0;
 }
 

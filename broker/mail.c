@@ -443,21 +443,19 @@ static int mb__validate_turn_metadata(mb_ctx *cx, json_t *md)
  * text (what mp_dump of the json_pack below would write). */
 static char *mb__turn_added_text(const char *conv_id, const char *turn, size_t turn_len, uint64_t seq, size_t *len)
 {
-    size_t qn;
-    char *q = mp_quote(conv_id, strlen(conv_id), &qn);
-    size_t cap = qn + turn_len + 64;
-    char *t = q ? malloc(cap) : NULL;
-    if (!t) {
-        free(q);
+    mp_buf t = {0};
+    char tail[40];
+    mp_buf_lit(&t, "{\"conversationId\":");
+    mp_buf_quote(&t, conv_id, strlen(conv_id));
+    mp_buf_lit(&t, ",\"turn\":");
+    mp_buf_put(&t, turn, turn_len);
+    mp_buf_put(&t, tail, (size_t)snprintf(tail, sizeof tail, ",\"seq\":%" PRIu64 "}", seq));
+    if (t.failed) {
+        free(t.p);
         return NULL;
     }
-    int n = snprintf(t, cap, "{\"conversationId\":%s,\"turn\":", q);
-    memcpy(t + n, turn, turn_len);
-    n += (int)turn_len;
-    n += snprintf(t + n, cap - (size_t)n, ",\"seq\":%" PRIu64 "}", seq);
-    free(q);
-    *len = (size_t)n;
-    return t;
+    *len = t.len;
+    return t.p;
 }
 
 /* Record a turn (assumes everything was validated). Returns the Turn (new ref)

@@ -263,6 +263,7 @@ mb_event *mb_emit_msg(mb_broker *b, const char *type, const char *source, mb_msg
 const char *mb_event_text(mb_event *ev);
 /* The event's data (built on first use for mb_emit_msg events); NULL on OOM. */
 json_t *mb_event_data(mb_event *ev);
+/* Drop a reference to m; the last one frees it. NULL-safe. */
 void mb_msgrec_unref(mb_msgrec *m);
 
 /* ---- method handlers ---------------------------------------------------- */

@@ -1,6 +1,7 @@
 /* map/send: address resolution (MAP.md 8.3), fan-out of one encoded
  * map/message per distinct recipient connection, message_* events, mail
  * interception; map/inject; federation envelopes (13.3-13.5). */
+#include <stddef.h>
 #include <string.h>
 
 #include "auth.h"
@@ -239,94 +240,45 @@ int mb_route_deliver(mb_broker *b, mb_session *to, mb_frame *f)
 }
 
 
-/* A growable text buffer for the pieces below; on OOM it stays failed. */
-typedef struct mb__tb {
-    char *p;
-    size_t n, cap;
-    int oom;
-} mb__tb;
-
-static void mb__tb_put(mb__tb *t, const char *s, size_t n)
-{
-    if (t->oom)
-        return;
-    if (t->n + n + 1 > t->cap) {
-        size_t nc = t->cap ? t->cap : 256;
-        while (nc < t->n + n + 1)
-            nc *= 2;
-        char *np = realloc(t->p, nc);
-        if (!np) {
-            t->oom = 1;
-            return;
-        }
-        t->p = np;
-        t->cap = nc;
-    }
-    memcpy(t->p + t->n, s, n);
-    t->n += n;
-    t->p[t->n] = '\0';
-}
-
-static void mb__tb_lit(mb__tb *t, const char *s) { mb__tb_put(t, s, strlen(s)); }
-
-static void mb__tb_str(mb__tb *t, const char *s) /* a JSON string literal */
-{
-    size_t n;
-    char *q = mp_quote(s, strlen(s), &n);
-    if (!q)
-        t->oom = 1;
-    else
-        mb__tb_put(t, q, n);
-    free(q);
-}
-
-static void mb__tb_json(mb__tb *t, const json_t *j)
-{
-    size_t n;
-    char *d = mp_dump(j, 0, &n);
-    if (!d)
-        t->oom = 1;
-    else
-        mb__tb_put(t, d, n);
-    free(d);
-}
+static void mb__buf_str(mp_buf *t, const char *s) { mp_buf_quote(t, s, strlen(s)); }
 
 /* The Message object {id,from,to,timestamp,payload?,meta?} encoded once; the
- * same bytes mp_dump gives for the object federation forwards. NULL on OOM. */
+ * same bytes mp_dump gives for the object federation forwards. The text is
+ * written straight after the record's header in one block. NULL on OOM. */
 static mb_msgrec *mb__msgrec(const char *mid, const char *from, json_t *to, int64_t now, json_t *payload,
                              json_t *meta, const char *fed_from)
 {
-    mb__tb t = {0};
+    static const mb_msgrec hdr;
+    mp_buf t = {0};
     char num[32];
-    mb__tb_lit(&t, "{\"id\":");
-    mb__tb_str(&t, mid);
-    mb__tb_lit(&t, ",\"from\":");
-    mb__tb_str(&t, from);
-    mb__tb_lit(&t, ",\"to\":");
-    mb__tb_json(&t, to);
+    mp_buf_put(&t, &hdr, offsetof(mb_msgrec, text));
+    mp_buf_lit(&t, "{\"id\":");
+    mb__buf_str(&t, mid);
+    mp_buf_lit(&t, ",\"from\":");
+    mb__buf_str(&t, from);
+    mp_buf_lit(&t, ",\"to\":");
+    mp_buf_json(&t, to);
     snprintf(num, sizeof num, ",\"timestamp\":%lld", (long long)now);
-    mb__tb_lit(&t, num);
+    mp_buf_lit(&t, num);
     if (payload) {
-        mb__tb_lit(&t, ",\"payload\":");
-        mb__tb_json(&t, payload);
+        mp_buf_lit(&t, ",\"payload\":");
+        mp_buf_json(&t, payload);
     }
     if (meta) {
-        mb__tb_lit(&t, ",\"meta\":");
-        mb__tb_json(&t, meta);
+        mp_buf_lit(&t, ",\"meta\":");
+        mp_buf_json(&t, meta);
     }
-    mb__tb_lit(&t, "}");
-    mb_msgrec *m = t.oom ? NULL : malloc(sizeof *m + t.n + 1);
-    if (m) {
-        m->refs = 1;
-        m->len = t.n;
-        memcpy(m->text, t.p, t.n + 1);
-        m->fed_from = fed_from ? strdup(fed_from) : NULL;
-        if (fed_from && !m->fed_from) {
-            free(m);
-            m = NULL;
-        }
+    mp_buf_lit(&t, "}");
+    char *fed = fed_from ? strdup(fed_from) : NULL;
+    if (t.failed || (fed_from && !fed)) {
+        free(t.p);
+        free(fed);
+        return NULL;
     }
-    free(t.p);
+    mb_msgrec *m = (mb_msgrec *)t.p;
+    m->refs = 1;
+    m->fed_from = fed;
+    m->len = t.len - offsetof(mb_msgrec, text);
     return m;
 }
 
@@ -441,10 +393,10 @@ int mb_send_message(mb_ctx *cx, json_t *to, json_t *payload, json_t *meta, char 
         }
         char sent_id[MP_ULID_LEN + 1] = "";
         mb_emit_msg(b, "message_sent", from, mr, NULL, now, NULL, sent_id);
-        mb__tb res = {0}; /* the result, {"messageId":..,"delivered":[..]} */
-        mb__tb_lit(&res, "{\"messageId\":");
-        mb__tb_str(&res, mid);
-        mb__tb_lit(&res, ",\"delivered\":[");
+        mp_buf res = {0}; /* the result, {"messageId":..,"delivered":[..]} */
+        mp_buf_lit(&res, "{\"messageId\":");
+        mb__buf_str(&res, mid);
+        mp_buf_lit(&res, ",\"delivered\":[");
         size_t failed = 0, ndel = 0;
         mb_map *sent_to = rs.n > 1 ? mb_map_new() : NULL;
         for (size_t i = 0; i < rs.n; i++) {
@@ -465,8 +417,8 @@ int mb_send_message(mb_ctx *cx, json_t *to, json_t *payload, json_t *meta, char 
             if (ok) {
                 b->stats.deliveries++;
                 if (ndel++)
-                    mb__tb_lit(&res, ",");
-                mb__tb_str(&res, r->id);
+                    mp_buf_lit(&res, ",");
+                mb__buf_str(&res, r->id);
                 mb_emit_msg(b, "message_delivered", from, mr, r->id, mb_now(), sent_id, NULL);
             } else {
                 failed++;
@@ -478,17 +430,17 @@ int mb_send_message(mb_ctx *cx, json_t *to, json_t *payload, json_t *meta, char 
                            sent_id, NULL, mb_map_size(b->sub_index) == 0, 0);
             }
         }
-        mb__tb_lit(&res, "]}");
+        mp_buf_lit(&res, "]}");
         mb_frame_unref(f);
         mb_map_free(sent_to, NULL);
         mb_msgrec_unref(mr);
         if (rs.n && failed == rs.n)
             rc = MB_FAIL(cx, MP_DELIVERY_FAILED, "to", "Delivery failed: no addressed recipient is reachable");
-        else if (res.oom)
+        else if (res.failed)
             rc = mp_err_set(&cx->err, MP_INTERNAL, NULL, "Out of memory while encoding the reply");
         if (!rc) {
             cx->result_raw = res.p;
-            cx->result_raw_len = res.n;
+            cx->result_raw_len = res.len;
         } else {
             free(res.p);
         }

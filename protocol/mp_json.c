@@ -220,28 +220,29 @@ int mp_json_depth(const char *buf, size_t len, int max)
 
 #define MP__DUMP_MAX_DEPTH 4096
 
-struct mp__dbuf {
-    char *p;
-    size_t len, cap;
-};
-
-static int mp__grow(struct mp__dbuf *b, size_t need)
+static int mp__grow(mp_buf *b, size_t need)
 {
+    if (b->failed)
+        return -1;
     size_t ncap = b->cap ? b->cap : 256;
     while (ncap < b->len + need + 1) {
-        if (ncap > ((size_t)-1) / 2)
+        if (ncap > ((size_t)-1) / 2) {
+            b->failed = 1;
             return -1;
+        }
         ncap *= 2;
     }
     char *np = realloc(b->p, ncap);
-    if (!np)
+    if (!np) {
+        b->failed = 1;
         return -1;
+    }
     b->p = np;
     b->cap = ncap;
     return 0;
 }
 
-static inline int mp__put(struct mp__dbuf *b, const char *s, size_t n)
+static inline int mp__put(mp_buf *b, const char *s, size_t n)
 {
     if (b->len + n + 1 > b->cap && mp__grow(b, n))
         return -1;
@@ -250,11 +251,22 @@ static inline int mp__put(struct mp__dbuf *b, const char *s, size_t n)
     return 0;
 }
 
-static inline int mp__putc(struct mp__dbuf *b, char c)
+static inline int mp__putc(mp_buf *b, char c)
 {
     if (b->len + 2 > b->cap && mp__grow(b, 1))
         return -1;
     b->p[b->len++] = c;
+    return 0;
+}
+
+int mp_buf_put(mp_buf *b, const void *s, size_t n)
+{
+    if (b->failed || (b->len + n + 1 > b->cap && mp__grow(b, n)))
+        return -1;
+    if (n)
+        memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
     return 0;
 }
 
@@ -296,7 +308,7 @@ static inline int mp__special(unsigned c)
     return c < 0x20 || c == '"' || c == '\\' || c >= 0x80;
 }
 
-static int mp__dump_str(struct mp__dbuf *b, const char *str, size_t len)
+static int mp__dump_str(mp_buf *b, const char *str, size_t len)
 {
     static const char hex[] = "0123456789ABCDEF";
     const unsigned char *p = (const unsigned char *)str, *end = p + len;
@@ -346,7 +358,7 @@ static int mp__dump_str(struct mp__dbuf *b, const char *str, size_t len)
     return 0;
 }
 
-static int mp__dump_val(struct mp__dbuf *b, const json_t *j, int depth)
+static int mp__dump_val(mp_buf *b, const json_t *j, int depth)
 {
     char num[64];
     switch (json_typeof(j)) {
@@ -401,34 +413,48 @@ static int mp__dump_val(struct mp__dbuf *b, const json_t *j, int depth)
     return -1;
 }
 
+int mp_buf_json(mp_buf *b, const json_t *j)
+{
+    if (b->failed || !j || mp__dump_val(b, j, 0)) {
+        b->failed = 1;
+        return -1;
+    }
+    b->p[b->len] = '\0'; /* dump_val leaves room for it */
+    return 0;
+}
+
+int mp_buf_quote(mp_buf *b, const char *s, size_t n)
+{
+    if (b->failed || mp__dump_str(b, s, n)) {
+        b->failed = 1;
+        return -1;
+    }
+    b->p[b->len] = '\0';
+    return 0;
+}
+
 char *mp_dump(const json_t *j, size_t headroom, size_t *len)
 {
-    struct mp__dbuf b = {.len = headroom, .cap = headroom + 512};
-    if (!j)
+    mp_buf b = {.len = headroom, .cap = headroom + 512};
+    if (!j || !(b.p = malloc(b.cap)))
         return NULL;
-    b.p = malloc(b.cap);
-    if (!b.p)
-        return NULL;
-    if (mp__dump_val(&b, j, 0)) {
+    if (mp_buf_json(&b, j)) {
         free(b.p);
         return NULL;
     }
-    b.p[b.len] = '\0';
     *len = b.len - headroom;
     return b.p;
 }
 
 char *mp_quote(const char *s, size_t n, size_t *len)
 {
-    struct mp__dbuf b = {.len = 0, .cap = n + 16};
-    b.p = malloc(b.cap);
-    if (!b.p)
+    mp_buf b = {.cap = n + 16};
+    if (!(b.p = malloc(b.cap)))
         return NULL;
-    if (mp__dump_str(&b, s, n)) {
+    if (mp_buf_quote(&b, s, n)) {
         free(b.p);
         return NULL;
     }
-    b.p[b.len] = '\0';
     *len = b.len;
     return b.p;
 }

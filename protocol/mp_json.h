@@ -10,6 +10,7 @@
 
 #include <jansson.h>
 #include <stddef.h>
+#include <string.h>
 
 #include "mp_err.h"
 
@@ -53,6 +54,23 @@ int mp_json_depth(const char *buf, size_t len, int max);
  * caller that falls back to json_loadb keeps jansson's verdict.
  * (protocol/mp_parse.c) */
 json_t *mp_json_parse(const char *buf, size_t len, int max_depth);
+
+/* A growable text buffer. Start from {0}; p is malloc'd (free it), always
+ * NUL-terminated past len once anything was put. On OOM, or on a value that
+ * cannot be encoded, `failed` is set and sticks: later puts do nothing, so a
+ * builder can check once at the end. The appenders return 0 or -1 (failed). */
+typedef struct mp_buf {
+    char *p;
+    size_t len, cap;
+    int failed;
+} mp_buf;
+
+int mp_buf_put(mp_buf *b, const void *s, size_t n);
+static inline int mp_buf_lit(mp_buf *b, const char *s) { return mp_buf_put(b, s, strlen(s)); }
+/* j compactly, the bytes mp_dump writes. */
+int mp_buf_json(mp_buf *b, const json_t *j);
+/* s (n bytes of UTF-8) as a JSON string literal, the bytes mp_quote writes. */
+int mp_buf_quote(mp_buf *b, const char *s, size_t n);
 
 /* Serialize compactly into a fresh malloc block with `headroom` spare bytes in
  * front (for LWS_PRE). Text starts at block + headroom, *len excludes headroom,

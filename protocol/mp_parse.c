@@ -28,8 +28,7 @@
 typedef struct {
     const unsigned char *p, *end;
     int depth, max_depth;
-    char *sbuf; /* scratch for strings with escapes */
-    size_t scap;
+    mp_buf sbuf; /* scratch for strings with escapes */
 } mp__ps;
 
 static json_t *mp__value(mp__ps *ps);
@@ -90,28 +89,12 @@ static int mp__hex4(const unsigned char *p, const unsigned char *e, uint32_t *ou
     return 0;
 }
 
-static int mp__sput(mp__ps *ps, size_t *n, const void *src, size_t k)
-{
-    if (!k)
-        return 0;
-    if (*n + k > ps->scap) {
-        size_t nc = ps->scap ? ps->scap : 256;
-        while (nc < *n + k)
-            nc *= 2;
-        char *nb = realloc(ps->sbuf, nc);
-        if (!nb)
-            return -1;
-        ps->sbuf = nb;
-        ps->scap = nc;
-    }
-    memcpy(ps->sbuf + *n, src, k);
-    *n += k;
-    return 0;
-}
+/* Append to the scratch string; -1 on OOM. */
+static int mp__sput(mp__ps *ps, const void *src, size_t k) { return mp_buf_put(&ps->sbuf, src, k); }
 
 /* A string token (ps->p just past the opening quote). out, len: the decoded
  * bytes, pointing into the input when there were no escapes (scratch 0),
- * else into ps->sbuf (scratch 1; valid until the next string). NUL bytes
+ * else into ps->sbuf.p (scratch 1; valid until the next string). NUL bytes
  * (from \u0000) are refused, as jansson refuses them without JSON_ALLOW_NUL. */
 static int mp__string(mp__ps *ps, const char **out, size_t *len, int *scratch)
 {
@@ -142,8 +125,8 @@ static int mp__string(mp__ps *ps, const char **out, size_t *len, int *scratch)
         p += k;
     }
     /* escapes: decode into the scratch buffer */
-    size_t n = 0;
-    if (mp__sput(ps, &n, start, (size_t)(p - start)))
+    ps->sbuf.len = 0;
+    if (mp__sput(ps, start, (size_t)(p - start)))
         return -1;
     for (;;) {
         if (p >= e)
@@ -155,7 +138,7 @@ static int mp__string(mp__ps *ps, const char **out, size_t *len, int *scratch)
             return -1;
         if (c >= 0x80) {
             size_t k = mp__utf8_seq(p, e);
-            if (!k || mp__sput(ps, &n, p, k))
+            if (!k || mp__sput(ps, p, k))
                 return -1;
             p += k;
             continue;
@@ -164,7 +147,7 @@ static int mp__string(mp__ps *ps, const char **out, size_t *len, int *scratch)
             const unsigned char *q = p;
             while (q < e && *q >= 0x20 && *q < 0x80 && *q != '"' && *q != '\\')
                 q++;
-            if (mp__sput(ps, &n, p, (size_t)(q - p)))
+            if (mp__sput(ps, p, (size_t)(q - p)))
                 return -1;
             p = q;
             continue;
@@ -208,19 +191,19 @@ static int mp__string(mp__ps *ps, const char **out, size_t *len, int *scratch)
                 u[0] = (unsigned char)(0xF0 | (v >> 18)), u[1] = (unsigned char)(0x80 | ((v >> 12) & 0x3F));
                 u[2] = (unsigned char)(0x80 | ((v >> 6) & 0x3F)), u[3] = (unsigned char)(0x80 | (v & 0x3F)), k = 4;
             }
-            if (mp__sput(ps, &n, u, k))
+            if (mp__sput(ps, u, k))
                 return -1;
             continue;
         }
         default: return -1;
         }
-        if (mp__sput(ps, &n, &ch, 1))
+        if (mp__sput(ps, &ch, 1))
             return -1;
         p += 2;
     }
     ps->p = p + 1;
-    *out = ps->sbuf;
-    *len = n;
+    *out = ps->sbuf.p;
+    *len = ps->sbuf.len;
     *scratch = 1;
     return 0;
 }
@@ -444,6 +427,6 @@ json_t *mp_json_parse(const char *buf, size_t len, int max_depth)
             v = NULL;
         }
     }
-    free(ps.sbuf);
+    free(ps.sbuf.p);
     return v;
 }

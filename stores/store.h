@@ -198,7 +198,9 @@ struct mst_ops {
      * the transaction is written and visible, and sync() makes every
      * transaction committed before the call durable. Unlike every other
      * method, sync() may run on another thread, concurrently with the rest,
-     * so that the broker can work on the next group while the disk flushes. */
+     * so that the broker can work on the next group while the disk flushes.
+     * sync() returns MST_OK, or MST_EIO when the flush failed: the
+     * transactions it covered may be lost and must not be acknowledged. */
     int (*sync_deferred)(struct mst_store *st);
     int (*sync)(struct mst_store *st);
 };
