@@ -420,6 +420,7 @@ void mb_broker_free(mb_broker *b)
     mb_map_free(b->sub_index, NULL);
     free(b->hist);
     free(b->wbuf);
+    mb_session_spares_free(b);
     mst_close(b->store);
     b->store = NULL;
 }

@@ -340,6 +340,8 @@ struct mb_broker {
     mp_ulid_gen ulid;
     int64_t started_at;
     unsigned char *wbuf;          /* LWS_PRE + MB_WRITE_CHUNK: one coalesced write (session.c) */
+    mb_qent *qent_free;           /* spare queue entries (session.c): a fan-out queues one per */
+    size_t qent_free_n;           /* observer per event, so they are reused, not malloc'd */
 
     /* sessions */
     mb_map *sessions;          /* session id -> mb_session* (attached and detached) */
@@ -409,6 +411,8 @@ int mb_session_on_writeable(mb_session *s);
 void mb_session_destroy(mb_session *s, const char *reason);
 /* Free a session from the graveyard (no events, no side effects). */
 void mb_session_free(mb_session *s);
+/* Free the spare queue entries kept for reuse (at broker shutdown). */
+void mb_session_spares_free(mb_broker *b);
 /* Attach detached session `old` to the live socket of `fresh` (resume). Returns old. */
 mb_session *mb_session_resume(mb_session *fresh, mb_session *old);
 

@@ -16,6 +16,20 @@
 #include "observe.h"
 
 #define MB_WRITE_CHUNK (64 * 1024)
+/* spare queue entries kept for reuse: enough for a few events to a few
+ * thousand observers (32 bytes each) */
+#define MB_QENT_SPARE 16384
+
+/* Under AddressSanitizer a spare entry is poisoned, so a use after release is
+ * still reported as one. */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define MB_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define MB_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define MB_POISON(p, n) ((void)(p), (void)(n))
+#define MB_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
 
 /* ---- frames ---- */
 
@@ -125,9 +139,14 @@ int mb_session_send(mb_session *s, mb_frame *f, enum mb_qkind kind)
             s->full_since = mb_now();
         return 1;
     }
-    mb_qent *q = malloc(sizeof *q);
-    if (!q)
+    mb_qent *q = b->qent_free;
+    if (q) {
+        MB_UNPOISON(q, sizeof *q);
+        b->qent_free = q->next;
+        b->qent_free_n--;
+    } else if (!(q = malloc(sizeof *q))) {
         return 1;
+    }
     mb_frame_ref(f);
     q->f = f;
     q->next = NULL;
@@ -184,10 +203,29 @@ static void mb__queue_pop(mb_session *s)
     s->q_count--;
     s->q_bytes -= q->f->len;
     mb_frame_unref(q->f);
-    free(q);
+    mb_broker *b = s->b;
+    if (b->qent_free_n < MB_QENT_SPARE) {
+        q->next = b->qent_free;
+        b->qent_free = q;
+        b->qent_free_n++;
+        MB_POISON(q, sizeof *q);
+    } else {
+        free(q);
+    }
     if (s->full_since && s->q_count < (size_t)s->b->cfg->queue_max_count / 2 &&
         s->q_bytes < (size_t)s->b->cfg->queue_max_bytes / 2)
         s->full_since = 0;
+}
+
+void mb_session_spares_free(mb_broker *b)
+{
+    while (b->qent_free) {
+        mb_qent *q = b->qent_free;
+        MB_UNPOISON(q, sizeof *q);
+        b->qent_free = q->next;
+        free(q);
+    }
+    b->qent_free_n = 0;
 }
 
 static void mb__queue_clear(mb_session *s)
