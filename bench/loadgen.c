@@ -20,9 +20,14 @@
  *           figures are raw WebSocket round trips.
  *   turns   C connections, each creates a conversation and keeps --inflight K
  *           mail/turn requests outstanding; acknowledged turns/s and ack latency.
+ *           With --echo (against mb_echo --rpc): the same frames, acknowledged
+ *           without any processing (the ceiling for request/reply).
  *   fanout  one writer creates a conversation, --observers O WebSockets open
  *           /observe?conversation=ID, then the writer posts mail/turn at --rate R
  *           per second for --duration s; post-to-observer latency p50/p99.
+ *           With --echo (against mb_echo --rpc) there is no handshake and
+ *           no conversation: the server acknowledges each posted frame and
+ *           sends it, padded to the size of a turn_added, to every observer.
  *   replay  populate --turns N turns in one conversation (pipelined mail/turn),
  *           then time (a) the /observe?conversation=ID&after=0 WebSocket stream
  *           until the N-th turn_added arrives, and (b) reading them back with
@@ -545,9 +550,9 @@ static int64_t find_ts(const char *msg, size_t len)
     return (int64_t)get_digits(p, p + 20);
 }
 
-static void on_message(conn *c, const char *msg, size_t len)
+/* A message received at t (one clock reading per read from the socket). */
+static void on_message_at(conn *c, const char *msg, size_t len, int64_t t)
 {
-    int64_t t = now_ns();
     if (c->role == R_OBSERVER) {
         if (!c->got_hello) {
             c->got_hello = 1;
@@ -629,6 +634,11 @@ static void on_message(conn *c, const char *msg, size_t len)
     on_control_reply(c, msg, len);
 }
 
+static void on_message(conn *c, const char *msg, size_t len)
+{
+    on_message_at(c, msg, len, now_ns());
+}
+
 /* What a connection writes when it may write. One lws_write per call. */
 static void on_writeable(conn *c)
 {
@@ -695,6 +705,10 @@ static int lg_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, 
             G.pending_open--;
         if (c->role == R_OBSERVER || G.echo) {
             c->st = G.echo ? C_READY : C_HANDSHAKE; /* observers are ready at "hello" */
+            if (G.echo && (c->role == R_WRITER || c->role == R_TURNER)) { /* mb_echo --rpc: no handshake */
+                snprintf(c->conv, sizeof c->conv, "echo");
+                turn_template(c);
+            }
         } else {
             c->st = C_HANDSHAKE;
             map_connect(c);
@@ -829,7 +843,7 @@ static void open_raw_observer(conn *c, const char *path)
 }
 
 /* Cut complete frames off c->rx; returns -1 when the connection must close. */
-static int raw_frames(conn *c)
+static int raw_frames(conn *c, int64_t t)
 {
     size_t off = 0;
     if (!c->upgraded) {
@@ -876,7 +890,7 @@ static int raw_frames(conn *c)
         }
         int op = h[0] & 0x0f;
         if (op == 1 || op == 0)
-            on_message(c, c->rx + off + hl, (size_t)pl);
+            on_message_at(c, c->rx + off + hl, (size_t)pl, t);
         else if (op == 8)
             return -1;
         else if (op == 9 && pl <= 125) { /* ping: answer with a masked pong, zero mask */
@@ -917,7 +931,8 @@ static void raw_read(conn *c)
             c->rx = n;
             c->rx_cap = cap;
         }
-        ssize_t n = recv(c->fd, c->rx + c->rx_len, c->rx_cap - c->rx_len, 0);
+        size_t room = c->rx_cap - c->rx_len;
+        ssize_t n = recv(c->fd, c->rx + c->rx_len, room, 0);
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return;
         if (n < 0 && errno == EINTR)
@@ -929,10 +944,12 @@ static void raw_read(conn *c)
             return;
         }
         c->rx_len += (size_t)n;
-        if (raw_frames(c)) {
+        if (raw_frames(c, now_ns())) {
             raw_close(c);
             return;
         }
+        if ((size_t)n < room)
+            return; /* drained: epoll (level-triggered) reports it again when more arrives */
     }
 }
 
@@ -1333,8 +1350,8 @@ static void usage(void)
             "  --timeout SEC       hard bound for the whole scenario (default 60)\n"
             "  send:   --conns N (senders = receivers, default 4) --size BYTES (payload, default 256)\n"
             "          --window W (undelivered messages per sender, default 64) --echo (against mb_echo)\n"
-            "  turns:  --conns C (default 4) --inflight K (default 64)\n"
-            "  fanout: --observers O (default 1000) --rate R turns/s (default 1000)\n"
+            "  turns:  --conns C (default 4) --inflight K (default 64) --echo (against mb_echo --rpc)\n"
+            "  fanout: --observers O (default 1000) --rate R turns/s (default 1000) --echo (against mb_echo --rpc)\n"
             "  replay: --turns N (default 100000) --inflight K (populate pipeline, default 256)\n"
             "  idle:   --conns N (default 10000)\n");
     exit(2);
@@ -1412,8 +1429,8 @@ int main(int argc, char **argv)
         G.inflight = G.scen == SC_REPLAY ? 256 : 64;
     if (G.window < 1 || G.inflight < 1 || G.inflight >= TRING || G.conns < 1 || G.observers < 1 || G.rate < 1)
         die("bad window / inflight / conns / observers / rate");
-    if (G.echo && G.scen != SC_SEND)
-        die("--echo is for the send scenario");
+    if (G.echo && G.scen != SC_SEND && G.scen != SC_FANOUT && G.scen != SC_TURNS)
+        die("--echo is for the send (against mb_echo), turns and fanout scenarios (against mb_echo --rpc)");
     signal(SIGPIPE, SIG_IGN);
 
     /* the fd table lws allocates follows RLIMIT_NOFILE; idle needs > conns */

@@ -95,12 +95,13 @@ wait_listen() { # port pid
 SRV_PID=""
 SRV_PORT=""
 DBN=0
-# start_server KIND: echo | mem | normal | full | ref
+# start_server KIND: echo | rpc | mem | normal | full | ref
 start_server() {
     local kind=$1 port
     port=$(pick_port) || { echo "no free port" >&2; return 1; }
     case $kind in
     echo) "$ECHO" --port "$port" >"$OUT/echo.log" 2>&1 & ;;
+    rpc) "$ECHO" --port "$port" --rpc >"$OUT/echo-rpc.log" 2>&1 & ;;
     ref) node "$ROOT/bench/reference_server.mjs" --port "$port" >"$OUT/ref.log" 2>&1 & ;;
     mem | normal | full)
         local store="memory:"
@@ -150,9 +151,13 @@ for k in mem normal full; do
     run "$k" "mapbroker-$k" turns --scenario turns --conns 4 --inflight 64 $S --timeout 40
 done
 [ $HAVE_REF = 1 ] && run ref reference turns --scenario turns --conns 4 --inflight 64 $S --timeout 40
+# the ceiling: the same frames acknowledged by mb_echo --rpc, which does no work
+run rpc echo-rpc turns --scenario turns --echo --conns 4 --inflight 64 $S --timeout 40
 # fan-out: 1000 observers, writer at 1000 turns/s (the target) and 100 turns/s (context)
 run mem mapbroker-mem fanout-1000 --scenario fanout --observers 1000 --rate 1000 --duration "$DUR" --timeout 60
 run mem mapbroker-mem fanout-100 --scenario fanout --observers 1000 --rate 100 --duration "$DUR" --timeout 60
+# the ceiling: mb_echo --rpc copies each posted frame, padded to a turn_added's size, to the 1000 observers
+run rpc echo-rpc fanout-1000 --scenario fanout --echo --observers 1000 --rate 1000 --duration "$DUR" --timeout 60
 # replay 100k turns
 run mem mapbroker-mem replay --scenario replay --turns 100000 --timeout 90
 run full mapbroker-full replay --scenario replay --turns 100000 --timeout 120
