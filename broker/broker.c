@@ -194,6 +194,23 @@ void mb_broker_synced(mb_broker *b)
 
 void mb_broker_commit(mb_broker *b)
 {
+    mb_broker_commit_now(b);
+    /* sessions retired during this pass can go now that no queue refers to them */
+    while (b->graveyard) {
+        mb_session *d = b->graveyard;
+        b->graveyard = d->next_dead;
+        if (d->in_wake_list) /* still waiting for a sync: unlink it */
+            for (mb_session **pp = &b->wake_list; *pp; pp = &(*pp)->wake_next)
+                if (*pp == d) {
+                    *pp = d->wake_next;
+                    break;
+                }
+        mb_session_free(d);
+    }
+}
+
+void mb_broker_commit_now(mb_broker *b)
+{
     if (b->txn_open) {
         int64_t t0 = mp_mono_us();
         int rc = mst_commit(b->store);
@@ -226,18 +243,6 @@ void mb_broker_commit(mb_broker *b)
         }
     }
     mb__wake(b);
-    /* sessions retired during this pass can go now that no queue refers to them */
-    while (b->graveyard) {
-        mb_session *d = b->graveyard;
-        b->graveyard = d->next_dead;
-        if (d->in_wake_list) /* still waiting for a sync: unlink it */
-            for (mb_session **pp = &b->wake_list; *pp; pp = &(*pp)->wake_next)
-                if (*pp == d) {
-                    *pp = d->wake_next;
-                    break;
-                }
-        mb_session_free(d);
-    }
 }
 
 void mb_broker_housekeeping(mb_broker *b)
@@ -355,6 +360,10 @@ int mb_broker_init(mb_broker *b, mb_config *cfg, char *errbuf, size_t errlen)
                           errbuf, errlen);
     if (rc)
         return -1;
+    /* the window gathers writes so that one fsync covers many requests; a
+     * store without one (memory:) only makes replies and events wait */
+    if (b->cfg->commit_window_us < 0)
+        b->cfg->commit_window_us = !strcmp(mst_name(b->store), "memory") ? 0 : 1000;
     uint64_t last = 0;
     char last_id[32] = "";
     if (mst_event_last(b->store, &last, last_id) == MST_OK)

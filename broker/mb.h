@@ -380,8 +380,12 @@ struct mb_broker {
 /* Lifecycle (broker.c). */
 int mb_broker_init(mb_broker *b, mb_config *cfg, char *errbuf, size_t errlen);
 void mb_broker_free(mb_broker *b);
-/* Called from a loop timer: commit the open transaction and release held frames. */
+/* Called from a loop timer: commit the open transaction, release held frames
+ * and free the sessions retired during the pass. */
 void mb_broker_commit(mb_broker *b);
+/* Commit the open transaction and release held frames, nothing else: safe in
+ * the middle of a pass (after each request when commit-window-us is 0). */
+void mb_broker_commit_now(mb_broker *b);
 /* On the loop after every service pass: release what the sync thread made
  * durable since (no-op without a deferred-sync store). */
 void mb_broker_synced(mb_broker *b);

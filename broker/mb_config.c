@@ -50,7 +50,7 @@ static const struct cdef defs[] = {
     I("max-subscriptions", max_subscriptions, "100", 1, 100000, "subscriptions per connection"),
     I("max-participants", max_participants, "1000", 2, 1000000, "participants per conversation"),
     I("max-thread-depth", max_thread_depth, "8", 1, 1000, "thread nesting limit"),
-    I("commit-window-us", commit_window_us, "1000", 0, 100000, "group-commit window: how long writes gather before one commit (replies wait for it)"),
+    I("commit-window-us", commit_window_us, "-1", -1, 100000, "group-commit window: how long writes gather before one commit (replies and events wait for it); 0 = commit after each request; -1 = auto: 0 with memory:, 1000 with sqlite"),
     I("ping-interval", ping_interval, "30", 0, 3600, "seconds between WebSocket pings to idle peers (0 = off)"),
     S("static-dir", static_dir, "", "directory served at / for plain HTTP (dashboard); empty = built-in location"),
     S("tls-cert", tls_cert, "", "PEM certificate: enables wss:// on --tls-port"),

@@ -458,6 +458,8 @@ void mb_session_on_message(mb_session *s, const char *buf, size_t len)
     }
     mb_dispatch(s, &m);
     mp_msg_free(&m);
+    if (b->txn_open && b->cfg->commit_window_us == 0)
+        mb_broker_commit_now(b); /* no group commit: release the reply and the events now */
 }
 
 /* ---- close / destroy / resume ---- */

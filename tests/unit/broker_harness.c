@@ -71,7 +71,10 @@ bh *bh_new(const char *const *extra)
         fail_msg("bh_new: out of memory");
     char *args[64];
     int n = 0;
-    static const char *base[] = {"mapbroker_unit", "--store", "memory:", "--log-level", "error", NULL};
+    /* an explicit window, so that the tests see the group commit's hold-back
+     * (memory: alone would commit after each request: commit-window-us auto) */
+    static const char *base[] = {"mapbroker_unit", "--store", "memory:", "--log-level", "error",
+                                 "--commit-window-us", "1000", NULL};
     for (int i = 0; base[i]; i++)
         args[n++] = (char *)base[i];
     for (int i = 0; extra && extra[i] && n < 62; i++)

@@ -246,6 +246,25 @@ static void reply_held_until_commit(void **state)
     json_decref(f2);
 }
 
+/* (its own broker, no fixture) commit-window-us 0 (auto with memory:): no group commit, a write's reply
+ * and its events are releasable as soon as the request is handled */
+static void window_zero_releases_at_once(void **state)
+{
+    (void)state;
+    static const char *const ex[] = {"--commit-window-us", "-1", NULL};
+    bh *h = bh_new(ex);
+    mb_broker *b = bh_broker(h);
+    assert_int_equal(b->cfg->commit_window_us, 0); /* auto: memory: has nothing to gather for */
+    mb_session *s = bh_connect(h, "agent", "a1");
+    static const char reg[] = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"map/agents/register\",\"params\":{\"agentId\":\"a1\"}}";
+    mb_session_on_message(s, reg, sizeof reg - 1);
+    assert_false(b->txn_open);
+    assert_non_null(s->q_head);
+    assert_true(s->q_head->gen <= b->committed_gen); /* releasable now */
+    assert_false(s->in_wake_list);
+    bh_free(h);
+}
+
 static void read_not_held(void **state)
 {
     (void)state;
@@ -303,7 +322,7 @@ int main(void)
         TB(gate_before_connect),   TB(gate_opens_after_connect), TB(gate_disconnect_preconnect),
         TB(unknown_method),        TB(method_find_table),        TB(inbound_map_message_refused),
         TB(notifications_silent),  TB(id_echo),                  TB(parse_errors),
-        TB(reply_held_until_commit), TB(read_not_held),          TB(stats_counted),
+        TB(reply_held_until_commit), TB(read_not_held),          cmocka_unit_test(window_zero_releases_at_once),          TB(stats_counted),
         TB(connect_result_shape),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
