@@ -230,7 +230,12 @@ typedef struct conn {
     size_t ts_hint;    /* observers: where "lg_t" was in the previous frame */
     long long obs_turns, obs_last_seq;
     int got_hello;
-    int fd, upgraded; /* raw observers (see open_raw_observer) */
+    int fd, upgraded; /* raw connections (see open_raw) */
+    int raw;          /* observers and turners: a plain socket, not an lws client */
+    char *out;        /* raw: frames not yet taken by the socket */
+    size_t out_len, out_off, out_cap;
+    int out_armed;    /* raw: EPOLLOUT requested */
+    int fill;         /* raw turner: replies arrived, top the pipeline up after this read */
 } conn;
 
 static struct {
@@ -278,9 +283,16 @@ static void note_err(const char *what, const char *msg, size_t len)
 
 /* ---------------------------------------------------------------- frames */
 
+static void raw_send_text(conn *c, const char *text, size_t len);
+static void wake(conn *c);
+
 static void q_push(conn *c, const char *json)
 {
     size_t len = strlen(json);
+    if (c->raw) {
+        raw_send_text(c, json, len);
+        return;
+    }
     struct outmsg *m = malloc(sizeof *m + LWS_PRE + len);
     if (!m)
         die("out of memory");
@@ -389,12 +401,12 @@ static void turn_template(conn *c)
 
 /* ---------------------------------------------------------------- connections */
 
-static void open_raw_observer(conn *c, const char *path);
+static void open_raw(conn *c, const char *path);
 
 static void open_conn(conn *c, const char *path)
 {
-    if (c->role == R_OBSERVER) {
-        open_raw_observer(c, path);
+    if (c->role == R_OBSERVER || c->role == R_TURNER) {
+        open_raw(c, path);
         return;
     }
     struct lws_client_connect_info i;
@@ -642,7 +654,7 @@ static void on_message_at(conn *c, const char *msg, size_t len, int64_t t)
                 c->inflight--;
             if (!err && G.phase == P_SETUP && G.scen == SC_REPLAY)
                 G.populate_acked++;
-            lws_callback_on_writable(c->wsi);
+            wake(c);
         }
         return;
     }
@@ -812,12 +824,19 @@ static void raw_fail(conn *c, const char *why)
             G.conn_failed++;
     }
     if (!G.first_err[0] && why)
-        snprintf(G.first_err, sizeof G.first_err, "observer %d: %s", c->idx, why);
+        snprintf(G.first_err, sizeof G.first_err, "%s %d: %s", c->role == R_OBSERVER ? "observer" : "connection",
+                 c->idx, why);
     c->st = C_DEAD;
 }
 
-static void open_raw_observer(conn *c, const char *path)
+/* Observers and turners are plain sockets: a blocking connect and HTTP
+ * upgrade, then non-blocking I/O in one epoll set that lws polls as a single
+ * descriptor. lws's client parses incoming WebSocket data a byte at a time;
+ * at a million frames a second (fan-out) or 150k replies a second (turns)
+ * that made the loadgen, not the server, the limit. */
+static void open_raw(conn *c, const char *path)
 {
+    c->raw = 1;
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai = NULL;
     char port[16];
     snprintf(port, sizeof port, "%d", G.port);
@@ -870,9 +889,18 @@ static int raw_frames(conn *c, int64_t t)
             return -1;
         }
         c->upgraded = 1;
-        if (G.pending_open > 0)
+        if (c->role == R_OBSERVER && G.pending_open > 0)
             G.pending_open--;
         off = (size_t)(end + 4 - c->rx);
+        if (c->role == R_TURNER) {
+            if (G.echo) { /* mb_echo --rpc: no handshake, no conversation */
+                snprintf(c->conv, sizeof c->conv, "echo");
+                turn_template(c);
+                c->st = C_READY;
+            } else {
+                map_connect(c);
+            }
+        }
     }
     while (c->rx_len - off >= 2) {
         const unsigned char *h = (const unsigned char *)c->rx + off;
@@ -934,7 +962,132 @@ static void raw_close(conn *c)
     c->fd = -1;
 }
 
-/* Drain one observer socket. */
+/* ---- raw writes: client frames with a zero masking key (RFC 6455 requires
+ * the mask; a zero key leaves the payload as it is, so frames are copied
+ * once and never XORed) */
+
+static void raw_arm(conn *c, int out)
+{
+    if (c->out_armed == out || c->fd < 0)
+        return;
+    struct epoll_event ev = {.events = EPOLLIN | (out ? EPOLLOUT : 0), .data.ptr = c};
+    epoll_ctl(g_epfd, EPOLL_CTL_MOD, c->fd, &ev);
+    c->out_armed = out;
+}
+
+/* Send what the socket takes; the rest waits for EPOLLOUT. -1 if closed. */
+static int raw_flush(conn *c)
+{
+    while (c->out_off < c->out_len) {
+        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
+        if (n > 0) {
+            c->out_off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            raw_arm(c, 1);
+            return 0;
+        }
+        raw_fail(c, n < 0 ? strerror(errno) : "send returned 0");
+        raw_close(c);
+        return -1;
+    }
+    c->out_off = c->out_len = 0;
+    raw_arm(c, 0);
+    return 0;
+}
+
+/* Room for n more bytes in c->out; returns where they go. */
+static char *raw_reserve(conn *c, size_t n)
+{
+    if (c->out_len + n > c->out_cap) {
+        if (c->out_off) { /* drop what was sent */
+            memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+            c->out_len -= c->out_off;
+            c->out_off = 0;
+        }
+        size_t cap = c->out_cap ? c->out_cap : 65536;
+        while (cap < c->out_len + n)
+            cap *= 2;
+        if (cap != c->out_cap) {
+            char *o = realloc(c->out, cap);
+            if (!o)
+                die("out of memory");
+            c->out = o;
+            c->out_cap = cap;
+        }
+    }
+    char *p = c->out + c->out_len;
+    c->out_len += n;
+    return p;
+}
+
+/* Append one masked text frame header for a payload of len bytes. */
+static void raw_header(conn *c, size_t len)
+{
+    size_t hl = len < 126 ? 2 : len < 65536 ? 4 : 10;
+    unsigned char *h = (unsigned char *)raw_reserve(c, hl + 4);
+    h[0] = 0x81;
+    if (hl == 2) {
+        h[1] = (unsigned char)(0x80 | len);
+    } else if (hl == 4) {
+        h[1] = 0x80 | 126;
+        h[2] = (unsigned char)(len >> 8);
+        h[3] = (unsigned char)len;
+    } else {
+        h[1] = 0x80 | 127;
+        for (int i = 0; i < 8; i++)
+            h[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
+    }
+    memset(h + hl, 0, 4);
+}
+
+static void raw_send_text(conn *c, const char *text, size_t len)
+{
+    if (c->fd < 0)
+        return;
+    raw_header(c, len);
+    memcpy(raw_reserve(c, len), text, len);
+    raw_flush(c);
+}
+
+/* A raw turner keeps its pipeline full: every mail/turn that may go now, in
+ * one send. */
+static void raw_fill(conn *c)
+{
+    if (c->fd < 0 || c->st != C_READY || c->role != R_TURNER)
+        return;
+    int64_t t = now_ns();
+    int go = (G.scen == SC_TURNS && G.phase == P_RUN && t < G.t_end_gen) ||
+             (G.scen == SC_REPLAY && G.phase == P_SETUP && c->sent < G.nturns);
+    if (!go)
+        return;
+    while (c->inflight < G.inflight && (G.scen != SC_REPLAY || c->sent < G.nturns)) {
+        c->sent++;
+        c->inflight++;
+        c->tsent[c->sent % TRING] = t;
+        raw_header(c, c->tlen);
+        char *p = raw_reserve(c, c->tlen);
+        memcpy(p, c->tmpl + LWS_PRE, c->tlen);
+        put_digits(p + c->off_id, ID_W, (uint64_t)c->sent);
+        put_digits(p + c->off_t, 20, (uint64_t)t);
+    }
+    raw_flush(c);
+}
+
+/* Ask a connection to write when it may: lws clients get a WRITEABLE
+ * callback; raw turners top up once the current read is done. */
+static void wake(conn *c)
+{
+    if (c->raw)
+        c->fill = 1;
+    else if (c->wsi)
+        lws_callback_on_writable(c->wsi);
+}
+
+/* Drain one raw socket. */
 static void raw_read(conn *c)
 {
     for (;;) {
@@ -968,7 +1121,7 @@ static void raw_read(conn *c)
     }
 }
 
-/* The epoll descriptor is readable: serve the observer sockets that are. */
+/* The epoll descriptor is readable: serve the raw sockets that are ready. */
 static int epoll_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
 {
     (void)wsi;
@@ -984,8 +1137,14 @@ static int epoll_cb(struct lws *wsi, enum lws_callback_reasons reason, void *use
         int n = epoll_wait(g_epfd, evs, 256, 0);
         for (int i = 0; i < n; i++) {
             conn *c = evs[i].data.ptr;
-            if (c->fd >= 0)
+            if (c->fd >= 0 && (evs[i].events & EPOLLOUT) && raw_flush(c) == 0)
+                c->fill = 1;
+            if (c->fd >= 0 && (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)))
                 raw_read(c);
+            if (c->fd >= 0 && c->fill) {
+                c->fill = 0;
+                raw_fill(c);
+            }
         }
         if (n < 256)
             break;
@@ -1045,8 +1204,12 @@ static void begin_run(int64_t t)
     if (G.scen == SC_FANOUT)
         G.meas0_taken = 1; /* fan-out measures from the first post */
     for (int i = 0; i < G.nc; i++)
-        if (G.c[i].wsi && G.c[i].st == C_READY)
-            lws_callback_on_writable(G.c[i].wsi);
+        if (G.c[i].st == C_READY) {
+            if (G.c[i].raw)
+                raw_fill(&G.c[i]);
+            else if (G.c[i].wsi)
+                lws_callback_on_writable(G.c[i].wsi);
+        }
 }
 
 static char g_obs_path[512];
@@ -1195,7 +1358,7 @@ static void tick(lws_sorted_usec_list_t *sul)
                 G.phase = P_DONE;
             } else if (w->st == C_READY && !G.t_pop0) {
                 G.t_pop0 = t;
-                lws_callback_on_writable(w->wsi);
+                raw_fill(w);
             } else if (G.t_pop0 && G.populate_acked + w->errs >= G.nturns) {
                 G.t_pop1 = t;
                 G.phase = P_REPLAY_OBS;
