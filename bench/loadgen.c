@@ -8,8 +8,8 @@
  * with its own fd table and poll loop, which measures the client, not the
  * server. The hot paths build frames from fixed-width templates and find the
  * fields they need with memmem; jansson is only used for handshake replies.
- * Observers (fanout, replay) are plain sockets read through one epoll set
- * instead of lws clients: see "raw observers" below for why.
+ * Observers (fanout, replay) and turners (turns, replay) are plain sockets
+ * served through one epoll set instead of lws clients: see open_raw() for why.
  *
  * Scenarios (one JSON line of results on stdout each; progress on stderr):
  *   send    N senders + N receiver agents; sender i pipelines map/send to
