@@ -9,7 +9,7 @@
  * server. The hot paths build frames from fixed-width templates and find the
  * fields they need with memmem; jansson is only used for handshake replies.
  * Observers (fanout, replay) and turners (turns, replay) are plain sockets
- * served through one epoll set instead of lws clients: see open_raw() for why.
+ * served through one epoll set instead of lws clients: see "raw connections".
  *
  * Scenarios (one JSON line of results on stdout each; progress on stderr):
  *   send    N senders + N receiver agents; sender i pipelines map/send to
@@ -798,7 +798,7 @@ static int lg_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, 
     return 0;
 }
 
-/* ---------------------------------------------------------------- raw observers
+/* ---------------------------------------------------------------- raw connections
  *
  * Observers only read, and in fan-out one process reads every frame the
  * broker writes to 1000 sockets (1M frames/s at 1000 turns/s). lws's client
@@ -808,7 +808,9 @@ static int lg_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, 
  * most of the rest. So observers are plain sockets: a blocking connect and
  * HTTP upgrade, then an epoll set (whose one descriptor lws polls, adopted as
  * a raw file) says which are readable, and frames are cut from 64 KiB recv()s
- * by their length headers. */
+ * by their length headers. Turners (turns, replay) are raw too, for the same
+ * reason at 150k+ replies/s: they write masked frames with a zero key built
+ * from their template, a whole pipeline per send(). */
 
 static int g_epfd = -1;
 static void raw_close(conn *c);
@@ -829,11 +831,7 @@ static void raw_fail(conn *c, const char *why)
     c->st = C_DEAD;
 }
 
-/* Observers and turners are plain sockets: a blocking connect and HTTP
- * upgrade, then non-blocking I/O in one epoll set that lws polls as a single
- * descriptor. lws's client parses incoming WebSocket data a byte at a time;
- * at a million frames a second (fan-out) or 150k replies a second (turns)
- * that made the loadgen, not the server, the limit. */
+/* Open a raw connection (see "raw connections" above). */
 static void open_raw(conn *c, const char *path)
 {
     c->raw = 1;
