@@ -47,6 +47,7 @@
 #include <netdb.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include "mapclient.h"
 #include <libwebsockets.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -244,6 +245,7 @@ static struct {
     int port;
     enum scen scen;
     int echo;
+    int mapclient; /* turns through libmapclient */
     int conns, window, inflight, observers, rate, pid;
     size_t size;
     double duration, warmup, timeout;
@@ -1533,10 +1535,168 @@ static void usage(void)
             "  send:   --conns N (senders = receivers, default 4) --size BYTES (payload, default 256)\n"
             "          --window W (undelivered messages per sender, default 64) --echo (against mb_echo)\n"
             "  turns:  --conns C (default 4) --inflight K (default 64) --echo (against mb_echo --rpc)\n"
+            "          --mapclient (through libmapclient: one mc_client per connection, async mc_request)\n"
             "  fanout: --observers O (default 1000) --rate R turns/s (default 1000) --echo (against mb_echo --rpc)\n"
             "  replay: --turns N (default 100000) --inflight K (populate pipeline, default 256)\n"
             "  idle:   --conns N (default 10000)\n");
     exit(2);
+}
+
+/* ---------------------------------------------------------------- turns via libmapclient
+ *
+ * --mapclient: the turns scenario through the project's own client library
+ * (client/mapclient.h), the way a C agent would post turns: one mc_client per
+ * connection (each with its own lws context), mc_mail_create, then K async
+ * mc_request("mail/turn") in flight per client, each reply issuing the next.
+ * Same frames' content, same counting and output as the raw turners, so the
+ * difference between the two lines is what the client library costs. */
+
+struct mct {
+    mc_client *c;
+    char conv[128];
+    long long inflight;
+};
+
+struct mct_req {
+    struct mct *m;
+    int64_t t;
+};
+
+static void mct_reply(mc_client *c, json_t *result, const mp_err *err, void *arg)
+{
+    (void)c;
+    (void)result;
+    struct mct_req *r = arg;
+    int64_t t = now_ns();
+    r->m->inflight--;
+    if (err) {
+        G.errs++;
+        if (!G.first_err[0])
+            snprintf(G.first_err, sizeof G.first_err, "mail/turn: %d %.160s", err->code, err->message);
+    } else {
+        G.acked++;
+        if (in_window(t)) {
+            G.meas_acked1++;
+            h_add(&G.lat, t - r->t);
+        }
+    }
+    free(r);
+}
+
+static int mct_post(struct mct *m, int64_t t)
+{
+    char ts[21];
+    put_digits(ts, 20, (uint64_t)t);
+    ts[20] = '\0';
+    json_t *params = json_pack("{s:s, s:s, s:{s:s, s:s}}", "conversationId", m->conv, "contentType", "text", "content",
+                               "text", "benchmark turn", "lg_t", ts);
+    struct mct_req *r = malloc(sizeof *r);
+    if (!params || !r)
+        die("out of memory");
+    r->m = m;
+    r->t = t;
+    mp_err err;
+    if (mc_request(m->c, "mail/turn", params, 30000, mct_reply, r, &err)) {
+        free(r);
+        G.errs++;
+        return -1;
+    }
+    m->inflight++;
+    return 0;
+}
+
+static void run_turns_mapclient(void)
+{
+    char url[256];
+    snprintf(url, sizeof url, "ws://%s:%d/", G.url_host, G.port);
+    struct mct *ms = calloc((size_t)G.conns, sizeof *ms);
+    if (!ms)
+        die("out of memory");
+    int live = 0;
+    for (int i = 0; i < G.conns; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "lg-mc-%d", i);
+        mc_options o = {.url = url, .name = name, .reconnect = MC_RECONNECT_OFF};
+        mp_err err;
+        json_t *res = NULL;
+        ms[i].c = mc_client_new(&o, &err);
+        if (!ms[i].c || mc_connect(ms[i].c, 10000, &err) ||
+            mc_mail_create(ms[i].c, json_pack("{s:s, s:s}", "type", "multi-agent", "subject", "bench"), 10000, &res,
+                           &err)) {
+            G.conn_failed++;
+            if (!G.first_err[0])
+                snprintf(G.first_err, sizeof G.first_err, "mapclient %d: %d %.160s", i, err.code, err.message);
+            json_decref(res);
+            continue;
+        }
+        const char *cid = json_string_value(json_object_get(json_object_get(res, "conversation"), "id"));
+        snprintf(ms[i].conv, sizeof ms[i].conv, "%s", cid ? cid : "");
+        json_decref(res);
+        live++;
+    }
+    if (live) {
+        int64_t t = now_ns();
+        G.phase = P_RUN;
+        G.t_run = t;
+        G.t_meas0 = t + (int64_t)(G.warmup * 1e9);
+        G.t_meas1 = G.t_meas0 + (int64_t)(G.duration * 1e9);
+        G.t_end_gen = G.t_meas1;
+        int r = 0;
+        for (;;) {
+            t = now_ns();
+            if (t > G.t_deadline) {
+                G.timed_out = 1;
+                break;
+            }
+            if (!G.meas0_taken && t >= G.t_meas0) {
+                G.meas0_taken = 1;
+                if (G.pid > 0)
+                    G.cpu0_srv = proc_cpu_s(G.pid);
+                G.cpu0_self = self_cpu_s();
+            }
+            long long infl = 0;
+            for (int i = 0; i < G.conns; i++) {
+                struct mct *m = &ms[i];
+                if (!m->conv[0])
+                    continue;
+                while (t < G.t_end_gen && m->inflight < G.inflight && mct_post(m, t) == 0)
+                    ;
+                infl += m->inflight;
+            }
+            if (t >= G.t_end_gen) {
+                if (!G.cpu1_self) {
+                    if (G.pid > 0)
+                        G.cpu1_srv = proc_cpu_s(G.pid);
+                    G.cpu1_self = self_cpu_s();
+                    G.t_drain_deadline = t + 3000000000LL;
+                }
+                if (!infl || t > G.t_drain_deadline)
+                    break;
+            }
+            int got = 0;
+            for (int i = 0; i < G.conns; i++)
+                if (ms[i].conv[0]) {
+                    int n = mc_service(ms[i].c, 0);
+                    if (n < 0) { /* closed: its requests failed through their callbacks */
+                        G.closed_early++;
+                        ms[i].conv[0] = '\0';
+                    } else {
+                        got += n;
+                    }
+                }
+            if (!got) /* nothing arrived: wait a little on one client instead of spinning */
+                for (int k = 0; k < G.conns; k++, r = (r + 1) % G.conns)
+                    if (ms[r].conv[0]) {
+                        mc_service(ms[r].c, 1);
+                        r = (r + 1) % G.conns;
+                        break;
+                    }
+        }
+    }
+    G.phase = P_DONE;
+    report();
+    fflush(NULL);
+    _exit(G.timed_out ? 3 : 0); /* like main: no close handshakes */
 }
 
 int main(int argc, char **argv)
@@ -1597,6 +1757,8 @@ int main(int argc, char **argv)
             G.nturns = atoll(v);
         else if (!strcmp(a, "--echo"))
             G.echo = 1;
+        else if (!strcmp(a, "--mapclient"))
+            G.mapclient = 1;
         else
             usage();
 #undef ARG
@@ -1613,7 +1775,15 @@ int main(int argc, char **argv)
         die("bad window / inflight / conns / observers / rate");
     if (G.echo && G.scen != SC_SEND && G.scen != SC_FANOUT && G.scen != SC_TURNS)
         die("--echo is for the send (against mb_echo), turns and fanout scenarios (against mb_echo --rpc)");
+    if (G.mapclient && (G.scen != SC_TURNS || G.echo))
+        die("--mapclient is for the turns scenario against a MAP server");
     signal(SIGPIPE, SIG_IGN);
+    if (G.mapclient) {
+        G.t_begin = now_ns();
+        G.t_deadline = G.t_begin + (int64_t)(G.timeout * 1e9);
+        lws_set_log_level(LLL_ERR, NULL);
+        run_turns_mapclient();
+    }
 
     /* the fd table lws allocates follows RLIMIT_NOFILE; idle needs > conns */
     struct rlimit rl;

@@ -36,6 +36,8 @@ const turnsCeil = rc === undefined ? undefined : rc >= 20;
 out.push(`| mail/turn, memory vs reference (turns/s) | ${num(tm?.turns_per_s)}${warn(tm)} | MAPServer ${num(tr?.turns_per_s)}${warn(tr)} | ${rx(rm)} | >= 20x | ${beyond(rm === undefined ? undefined : rm >= 20, turnsCeil, 'ceiling ' + rx(rc))} |`);
 out.push(`| mail/turn, sqlite full vs reference (turns/s) | ${num(tf?.turns_per_s)}${warn(tf)} | MAPServer ${num(tr?.turns_per_s)} | ${rx(rf)} | >= 20x | ${beyond(rf === undefined ? undefined : rf >= 20, turnsCeil, 'ceiling ' + rx(rc))} |`);
 out.push(`| mail/turn ceiling: mb_echo --rpc acks the same frames, no work (turns/s) | echo-rpc ${num(tc?.turns_per_s)}${warn(tc)} | MAPServer ${num(tr?.turns_per_s)} | ${rx(rc)} | (20x reachable here?) | ${turnsCeil === undefined ? 'n/a' : turnsCeil ? 'yes' : 'no'} |`);
+const tmc = get('mapbroker-mem', 'turns-mapclient');
+out.push(`| mail/turn, memory, posted through libmapclient (turns/s; ack p50/p99 us) | ${num(tmc?.turns_per_s)} (${num(tmc?.ack_p50_us)}/${num(tmc?.ack_p99_us)})${warn(tmc)} | raw loadgen ${num(tm?.turns_per_s)} | ${rx(ratio(tmc?.turns_per_s, tm?.turns_per_s))} | - | - |`);
 out.push(`| mail/turn, memory vs the ceiling | ${num(tm?.turns_per_s)} | echo-rpc ${num(tc?.turns_per_s)} | ${rx(ratio(tm?.turns_per_s, tc?.turns_per_s))} | - | - |`);
 const fm = ratio(tf?.turns_per_s, tm?.turns_per_s), nm = ratio(tn?.turns_per_s, tm?.turns_per_s);
 out.push(`| durable turns/s: sqlite normal vs memory | ${num(tn?.turns_per_s)}${warn(tn)} | memory ${num(tm?.turns_per_s)} | ${rx(nm)} | - | - |`);

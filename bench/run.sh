@@ -153,6 +153,8 @@ done
 [ $HAVE_REF = 1 ] && run ref reference turns --scenario turns --conns 4 --inflight 64 $S --timeout 40
 # the ceiling: the same frames acknowledged by mb_echo --rpc, which does no work
 run rpc echo-rpc turns --scenario turns --echo --conns 4 --inflight 64 $S --timeout 40
+# the same turns posted through libmapclient (one mc_client per connection, async mc_request)
+run mem mapbroker-mem turns-mapclient --scenario turns --mapclient --conns 4 --inflight 64 $S --timeout 40
 # fan-out: 1000 observers, writer at 1000 turns/s (the target) and 100 turns/s (context)
 run mem mapbroker-mem fanout-1000 --scenario fanout --observers 1000 --rate 1000 --duration "$DUR" --timeout 60
 run mem mapbroker-mem fanout-100 --scenario fanout --observers 1000 --rate 100 --duration "$DUR" --timeout 60
