@@ -122,6 +122,19 @@ static void obs_push(struct pss *p, struct shared *f)
     lws_callback_on_writable(p->wsi);
 }
 
+/* Queue a message to go back to p's peer. */
+static void msg_push(struct pss *p, struct msg *m)
+{
+    m->next = NULL;
+    if (p->qt)
+        p->qt->next = m;
+    else
+        p->qh = m;
+    p->qt = m;
+    p->qn++;
+    lws_callback_on_writable(p->wsi);
+}
+
 static struct shared *shared_text(const char *text, size_t len)
 {
     struct shared *f = malloc(sizeof *f + len);
@@ -175,19 +188,12 @@ static void ack(struct pss *p, const unsigned char *msg, size_t len)
     struct msg *m = malloc(sizeof *m + LWS_PRE + base + pad);
     if (!m)
         return;
-    m->next = NULL;
     m->len = base + pad;
     unsigned char *o = m->buf + LWS_PRE;
     memcpy(o, head, (size_t)hn), o += hn;
     memset(o, 'x', pad), o += pad;
     memcpy(o, tail, sizeof tail - 1);
-    if (p->qt)
-        p->qt->next = m;
-    else
-        p->qh = m;
-    p->qt = m;
-    p->qn++;
-    lws_callback_on_writable(p->wsi);
+    msg_push(p, m);
 }
 
 /* Gather every queued frame (whole frames, at most GATHER_MAX bytes) with
@@ -297,20 +303,14 @@ static int echo_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user
         struct msg *m = malloc(sizeof *m + LWS_PRE + p->rx_len);
         if (!m)
             return -1;
-        m->next = NULL;
         m->len = p->rx_len;
         memcpy(m->buf + LWS_PRE, p->rx, p->rx_len);
         p->rx_len = 0;
-        if (p->qt)
-            p->qt->next = m;
-        else
-            p->qh = m;
-        p->qt = m;
-        if (++p->qn >= ECHO_QUEUE_MAX && !p->flow_off) {
+        msg_push(p, m);
+        if (p->qn >= ECHO_QUEUE_MAX && !p->flow_off) {
             p->flow_off = 1;
             lws_rx_flow_control(wsi, 0);
         }
-        lws_callback_on_writable(wsi);
         break;
     }
     case LWS_CALLBACK_SERVER_WRITEABLE: {
