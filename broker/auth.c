@@ -693,7 +693,15 @@ static int mb__check_strings(mb_ctx *cx, json_t *v, char *path, size_t plen, siz
                                path[0] ? path : "params", cap);
             if (mb__payload_key(k))
                 continue;
-            snprintf(path + used, plen - used, "%s%.*s", used ? "." : "", kl > 64 ? 64 : (int)kl, k);
+            /* path += ".key" (at most 64 bytes of the key), without snprintf:
+             * this runs for every parameter of every request */
+            size_t at = used, n = kl > 64 ? 64 : kl;
+            if (at && at + 1 < plen)
+                path[at++] = '.';
+            if (at + n >= plen)
+                n = at < plen ? plen - at - 1 : 0;
+            memcpy(path + at, k, n);
+            path[at + n] = '\0';
             int rc = mb__check_strings(cx, x, path, plen, cap);
             path[used] = '\0';
             if (rc)
