@@ -210,6 +210,7 @@ void mb_mail_free(mb_broker *b)
     if (!b->mail)
         return;
     mb_map_free(b->mail->convs, mb__conv_free);
+    json_decref(b->mail->turn_source);
     free(b->mail);
     b->mail = NULL;
 }
@@ -460,6 +461,16 @@ static char *mb__turn_added_text(const char *conv_id, const char *turn, size_t t
 
 /* Record a turn (assumes everything was validated). Returns the Turn (new ref)
  * or NULL; with txt_out, also its encoded text (malloc, the caller frees). */
+/* {type:"explicit", method:"mail/turn"}, the source of every turn posted with
+ * mail/turn: one object per broker, never modified, referenced by each such
+ * turn (json_pack parsed its format for every turn). A new reference, or NULL. */
+static json_t *mb__mail_turn_source(mb_broker *b)
+{
+    if (!b->mail->turn_source)
+        b->mail->turn_source = json_pack("{s:s, s:s}", "type", "explicit", "method", "mail/turn");
+    return json_incref(b->mail->turn_source);
+}
+
 static json_t *mb__record_turn(mb_broker *b, mb_conv *c, struct mb__turn_spec *sp, const char *event_source,
                                char **txt_out, size_t *len_out)
 {
@@ -832,7 +843,7 @@ static int h_create(mb_ctx *cx)
         struct mb__turn_spec sp = {.participant = me, .content_type = ict, .content = icontent,
                                    .visibility = json_object_get(iturn, "visibility"),
                                    .metadata = json_object_get(iturn, "metadata"),
-                                   .source = json_pack("{s:s, s:s}", "type", "explicit", "method", "mail/turn")};
+                                   .source = mb__mail_turn_source(b)};
         json_t *t = mb__record_turn(b, c, &sp, me, NULL, NULL);
         json_decref(sp.source);
         if (!t)
@@ -1223,7 +1234,7 @@ static int h_turn(mb_ctx *cx)
         return cx->err.code;
     struct mb__turn_spec sp = {.participant = p->id, .content_type = ct, .content = content, .thread_id = thread,
                                .in_reply_to = reply, .visibility = vis, .metadata = md,
-                               .source = json_pack("{s:s, s:s}", "type", "explicit", "method", "mail/turn")};
+                               .source = mb__mail_turn_source(cx->b)};
     char *txt = NULL;
     size_t len = 0;
     json_t *t = mb__record_turn(cx->b, c, &sp, p->id, &txt, &len);

@@ -37,6 +37,7 @@ struct mb_conv {
 
 struct mb_mail {
     mb_map *convs;        /* id -> mb_conv* (creation order) */
+    json_t *turn_source;  /* {type:"explicit", method:"mail/turn"}, shared by those turns (never modified) */
 };
 
 mb_conv *mb_conv_get(mb_broker *b, const char *id);
