@@ -313,32 +313,41 @@ struct mb__msg_arg {
     int64_t ts;
 };
 
-static mb_event *mb__emit(mb_broker *b, const char *type, const char *source, json_t *data, const char *data_text,
-                          size_t data_len, const char *caused_by, char id_out[MP_ULID_LEN + 1], int lazy,
-                          size_t size_hint, const struct mb__msg_arg *msg);
+/* what mb__emit is given besides data: the data's text (and, with no tree,
+ * the conversation it is about) */
+struct mb__text_arg {
+    const char *text;
+    size_t len;
+    const char *conv_id;
+};
 
-mb_event *mb_emit_text(mb_broker *b, const char *type, const char *source, json_t *data, const char *data_text,
-                       size_t data_len)
+static mb_event *mb__emit(mb_broker *b, const char *type, const char *source, json_t *data,
+                          const struct mb__text_arg *txt, const char *caused_by, char id_out[MP_ULID_LEN + 1],
+                          int lazy, size_t size_hint, const struct mb__msg_arg *msg);
+
+mb_event *mb_emit_text(mb_broker *b, const char *type, const char *source, const char *conv_id,
+                       const char *data_text, size_t data_len)
 {
-    return mb__emit(b, type, source, data, data_text, data_len, NULL, NULL, 0, 0, NULL);
+    struct mb__text_arg t = {data_text, data_len, conv_id};
+    return mb__emit(b, type, source, NULL, &t, NULL, NULL, 0, 0, NULL);
 }
 
 mb_event *mb_emit_msg(mb_broker *b, const char *type, const char *source, mb_msgrec *m, const char *rcpt,
                       int64_t ts, const char *caused_by, char id_out[MP_ULID_LEN + 1])
 {
     struct mb__msg_arg a = {m, rcpt, ts};
-    return mb__emit(b, type, source, NULL, NULL, 0, caused_by, id_out, 1, m->len + (rcpt ? 64 : 0), &a);
+    return mb__emit(b, type, source, NULL, NULL, caused_by, id_out, 1, m->len + (rcpt ? 64 : 0), &a);
 }
 
 mb_event *mb_emit_ex(mb_broker *b, const char *type, const char *source, json_t *data, const char *caused_by,
                      char id_out[MP_ULID_LEN + 1], int lazy, size_t size_hint)
 {
-    return mb__emit(b, type, source, data, NULL, 0, caused_by, id_out, lazy, size_hint, NULL);
+    return mb__emit(b, type, source, data, NULL, caused_by, id_out, lazy, size_hint, NULL);
 }
 
-static mb_event *mb__emit(mb_broker *b, const char *type, const char *source, json_t *data, const char *data_text,
-                          size_t data_len, const char *caused_by, char id_out[MP_ULID_LEN + 1], int lazy,
-                          size_t size_hint, const struct mb__msg_arg *msg)
+static mb_event *mb__emit(mb_broker *b, const char *type, const char *source, json_t *data,
+                          const struct mb__text_arg *txt, const char *caused_by, char id_out[MP_ULID_LEN + 1],
+                          int lazy, size_t size_hint, const struct mb__msg_arg *msg)
 {
     mb_event *ev = calloc(1, sizeof *ev);
     if (!ev) {
@@ -357,12 +366,14 @@ static mb_event *mb__emit(mb_broker *b, const char *type, const char *source, js
             mb__event_free(ev);
             return NULL;
         }
+    } else if (txt) { /* no tree: parsed back from the text by the first reader that needs it */
+        ev->ts = mb_now();
     } else {
         ev->data = data ? data : json_object();
         ev->ts = mb_now();
     }
     if (!strncmp(type, "mail.", 5)) {
-        const char *cid = json_string_value(json_object_get(ev->data, "conversationId"));
+        const char *cid = txt ? txt->conv_id : json_string_value(json_object_get(ev->data, "conversationId"));
         ev->conv_id = cid ? strdup(cid) : NULL;
     }
     if (caused_by && *caused_by) {
@@ -376,7 +387,7 @@ static mb_event *mb__emit(mb_broker *b, const char *type, const char *source, js
     }
     /* lazy only where nothing needs the text now: not persisted, no subscriber */
     lazy = lazy && mb__is_message_event(type) && mb_map_size(b->sub_index) == 0;
-    if (!ev->type || (!lazy && (data_text ? mb__event_splice(ev, data_text, data_len) : mb__event_encode(ev)))) {
+    if (!ev->type || (!lazy && (txt ? mb__event_splice(ev, txt->text, txt->len) : mb__event_encode(ev)))) {
         mb__event_free(ev);
         return NULL;
     }

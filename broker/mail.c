@@ -459,8 +459,6 @@ static char *mb__turn_added_text(const char *conv_id, const char *turn, size_t t
     return t.p;
 }
 
-/* Record a turn (assumes everything was validated). Returns the Turn (new ref)
- * or NULL; with txt_out, also its encoded text (malloc, the caller frees). */
 /* {type:"explicit", method:"mail/turn"}, the source of every turn posted with
  * mail/turn: one object per broker, never modified, referenced by each such
  * turn (json_pack parsed its format for every turn). A new reference, or NULL. */
@@ -471,52 +469,86 @@ static json_t *mb__mail_turn_source(mb_broker *b)
     return json_incref(b->mail->turn_source);
 }
 
-static json_t *mb__record_turn(mb_broker *b, mb_conv *c, struct mb__turn_spec *sp, const char *event_source,
-                               char **txt_out, size_t *len_out)
+/* The Turn's JSON text: {id, conversationId, participant, timestamp,
+ * contentType, content, threadId?, inReplyTo?, source, visibility?, status,
+ * metadata}, written straight from the spec (no tree). NULL when a string is
+ * not valid UTF-8 or on OOM. */
+static char *mb__turn_text(const char *id, const mb_conv *c, const struct mb__turn_spec *sp, int64_t now, size_t *len)
+{
+    mp_buf t = {0};
+    char num[32];
+    mp_buf_lit(&t, "{\"id\":");
+    mp_buf_quote(&t, id, strlen(id));
+    mp_buf_lit(&t, ",\"conversationId\":");
+    mp_buf_quote(&t, c->id, strlen(c->id));
+    mp_buf_lit(&t, ",\"participant\":");
+    mp_buf_quote(&t, sp->participant, strlen(sp->participant));
+    mp_buf_put(&t, num, (size_t)snprintf(num, sizeof num, ",\"timestamp\":%" PRId64, now));
+    mp_buf_lit(&t, ",\"contentType\":");
+    mp_buf_quote(&t, sp->content_type, strlen(sp->content_type));
+    mp_buf_lit(&t, ",\"content\":");
+    if (sp->content)
+        mp_buf_json(&t, sp->content);
+    else
+        mp_buf_lit(&t, "null");
+    if (sp->thread_id) {
+        mp_buf_lit(&t, ",\"threadId\":");
+        mp_buf_quote(&t, sp->thread_id, strlen(sp->thread_id));
+    }
+    if (sp->in_reply_to) {
+        mp_buf_lit(&t, ",\"inReplyTo\":");
+        mp_buf_quote(&t, sp->in_reply_to, strlen(sp->in_reply_to));
+    }
+    mp_buf_lit(&t, ",\"source\":");
+    mp_buf_json(&t, sp->source); /* fails on NULL (OOM building it) */
+    if (sp->visibility && !json_is_null(sp->visibility)) {
+        mp_buf_lit(&t, ",\"visibility\":");
+        mp_buf_json(&t, sp->visibility);
+    }
+    mp_buf_lit(&t, ",\"status\":\"complete\",\"metadata\":");
+    if (json_is_object(sp->metadata))
+        mp_buf_json(&t, sp->metadata);
+    else
+        mp_buf_lit(&t, "{}");
+    mp_buf_lit(&t, "}");
+    if (t.failed) {
+        free(t.p);
+        return NULL;
+    }
+    *len = t.len;
+    return t.p;
+}
+
+/* Record a turn (assumes everything was validated): store it, count it, emit
+ * mail.turn.added (and .handoff / .stop when its metadata says so). Returns 0,
+ * or -1 when it was refused (a string not valid UTF-8, OOM) or not stored.
+ * With tree_out, the Turn object (new reference); with txt_out, its text
+ * (malloc, the caller frees). sp->source is consumed. The hot path (mail/turn)
+ * asks for the text only: no tree is built for the turn or its event, whose
+ * data the first reader that needs it (a subscription filter, an observer)
+ * parses back from the event text. */
+static int mb__record_turn(mb_broker *b, mb_conv *c, struct mb__turn_spec *sp, const char *event_source,
+                           json_t **tree_out, char **txt_out, size_t *len_out)
 {
     char id[48];
     mb_new_id(b, "turn-", id, sizeof id);
     int64_t now = mb_now();
-    /* built field by field (json_pack parsing its format for every turn was
-     * a tenth of mail/turn); keys are literals, the id is ours, the other
-     * strings come from validated parameters and are checked again here */
-    json_t *t = json_object();
-    json_object_set_new_nocheck(t, "id", json_stringn_nocheck(id, strlen(id)));
-    json_object_set_new_nocheck(t, "conversationId", json_string(c->id));
-    json_object_set_new_nocheck(t, "participant", json_string(sp->participant));
-    json_object_set_new_nocheck(t, "timestamp", json_integer(now));
-    json_object_set_new_nocheck(t, "contentType", json_string(sp->content_type));
-    json_object_set_nocheck(t, "content", sp->content ? sp->content : json_null());
-    if (sp->thread_id)
-        json_object_set_new_nocheck(t, "threadId", json_string(sp->thread_id));
-    if (sp->in_reply_to)
-        json_object_set_new_nocheck(t, "inReplyTo", json_string(sp->in_reply_to));
-    json_object_set_new_nocheck(t, "source", sp->source);
+    size_t len = 0;
+    char *txt = mb__turn_text(id, c, sp, now, &len);
+    json_decref(sp->source);
     sp->source = NULL;
-    if (sp->visibility && !json_is_null(sp->visibility))
-        json_object_set_nocheck(t, "visibility", sp->visibility);
-    json_object_set_new_nocheck(t, "status", json_stringn_nocheck("complete", 8));
-    json_object_set_new_nocheck(t, "metadata",
-                                json_is_object(sp->metadata) ? json_incref(sp->metadata) : json_object());
-    if (json_object_size(t) < 9) { /* a value was refused (OOM, invalid UTF-8) */
-        json_decref(t);
-        return NULL;
+    if (!txt || mb_txn(b)) {
+        free(txt);
+        return -1;
     }
-    if (mb_txn(b)) {
-        json_decref(t);
-        return NULL;
-    }
-    size_t len;
-    char *txt = mp_dump(t, 0, &len);
     struct mst_turn st = {.id = id, .conv_id = c->id, .seq = c->last_seq + 1, .thread_id = sp->thread_id,
                           .participant = sp->participant, .content_type = sp->content_type, .ts = now, .json = txt,
                           .len = len};
-    int rc = txt ? mst_turn_append(b->store, &st) : MST_ENOMEM;
+    int rc = mst_turn_append(b->store, &st);
     if (rc) {
         mb_error("mail", "turn not recorded in %s: %s (%s)", c->id, mst_strerror(rc), mst_last_error(b->store));
         free(txt);
-        json_decref(t);
-        return NULL;
+        return -1;
     }
     c->last_seq++;
     b->stats.turns_recorded++;
@@ -534,36 +566,39 @@ static json_t *mb__record_turn(mb_broker *b, mb_conv *c, struct mb__turn_spec *s
             mb__persist(b, MST_THREAD, c->id, th->id, th->doc);
         }
     }
-    json_t *added = json_object();
-    json_object_set_nocheck(added, "conversationId", json_object_get(t, "conversationId"));
-    json_object_set_nocheck(added, "turn", t);
-    json_object_set_new_nocheck(added, "seq", json_integer((json_int_t)c->last_seq));
     size_t dn;
     char *dt = mb__turn_added_text(c->id, txt, len, c->last_seq, &dn);
     if (dt)
-        mb_emit_text(b, "mail.turn.added", event_source, added, dt, dn);
+        mb_emit_text(b, "mail.turn.added", event_source, c->id, dt, dn);
     else
-        mb_emit(b, "mail.turn.added", event_source, added, NULL, NULL);
+        mb_emit(b, "mail.turn.added", event_source,
+                json_pack("{s:s, s:o, s:I}", "conversationId", c->id, "turn", mp_json_parse(txt, len, 4096), "seq",
+                          (json_int_t)c->last_seq),
+                NULL, NULL);
     free(dt);
+    const char *handoff = json_string_value(json_object_get(sp->metadata, "handoff_target"));
+    const char *stop = json_string_value(json_object_get(sp->metadata, "stop_reason"));
+    json_t *t = tree_out || handoff || stop ? mp_json_parse(txt, len, 4096) : NULL;
+    if (handoff)
+        mb_emit(b, "mail.turn.handoff", event_source,
+                json_pack("{s:s, s:s, s:s, s:s, s:O}", "conversationId", c->id, "turnId", id, "from", sp->participant,
+                          "to", handoff, "turn", t),
+                NULL, NULL);
+    if (stop)
+        mb_emit(b, "mail.turn.stop", event_source,
+                json_pack("{s:s, s:s, s:s, s:O}", "conversationId", c->id, "turnId", id, "reason", stop, "turn", t),
+                NULL, NULL);
+    if (tree_out)
+        *tree_out = t;
+    else
+        json_decref(t);
     if (txt_out) {
         *txt_out = txt;
         *len_out = len;
     } else {
         free(txt);
     }
-    json_t *md = json_object_get(t, "metadata");
-    const char *handoff = json_string_value(json_object_get(md, "handoff_target"));
-    if (handoff)
-        mb_emit(b, "mail.turn.handoff", event_source,
-                json_pack("{s:s, s:s, s:s, s:s, s:O}", "conversationId", c->id, "turnId", id, "from", sp->participant,
-                          "to", handoff, "turn", t),
-                NULL, NULL);
-    const char *stop = json_string_value(json_object_get(md, "stop_reason"));
-    if (stop)
-        mb_emit(b, "mail.turn.stop", event_source,
-                json_pack("{s:s, s:s, s:s, s:O}", "conversationId", c->id, "turnId", id, "reason", stop, "turn", t),
-                NULL, NULL);
-    return t;
+    return 0;
 }
 
 /* Validate thread / inReplyTo for a turn in c. */
@@ -844,9 +879,8 @@ static int h_create(mb_ctx *cx)
                                    .visibility = json_object_get(iturn, "visibility"),
                                    .metadata = json_object_get(iturn, "metadata"),
                                    .source = mb__mail_turn_source(b)};
-        json_t *t = mb__record_turn(b, c, &sp, me, NULL, NULL);
-        json_decref(sp.source);
-        if (!t)
+        json_t *t = NULL;
+        if (mb__record_turn(b, c, &sp, me, &t, NULL, NULL))
             return mb__store_fail(cx);
         json_object_set_new(cx->result, "initialTurn", t);
     }
@@ -1237,9 +1271,7 @@ static int h_turn(mb_ctx *cx)
                                .source = mb__mail_turn_source(cx->b)};
     char *txt = NULL;
     size_t len = 0;
-    json_t *t = mb__record_turn(cx->b, c, &sp, p->id, &txt, &len);
-    json_decref(sp.source);
-    if (!t)
+    if (mb__record_turn(cx->b, c, &sp, p->id, NULL, &txt, &len))
         return mb__store_fail(cx);
     /* the reply {"turn": ...} splices the text already encoded for the store */
     char *r = malloc(len + 10);
@@ -1249,9 +1281,8 @@ static int h_turn(mb_ctx *cx)
         r[8 + len] = '}';
         cx->result_raw = r;
         cx->result_raw_len = len + 9;
-        json_decref(t);
     } else {
-        cx->result = json_pack("{s:o}", "turn", t);
+        cx->result = json_pack("{s:o}", "turn", mp_json_parse(txt, len, 4096));
     }
     free(txt);
     return 0;
@@ -1563,9 +1594,7 @@ void mb_mail_intercept(mb_broker *b, mb_session *s, const char *message_id, json
                                .thread_id = thread, .in_reply_to = reply, .visibility = vis,
                                .metadata = json_object_get(mail, "metadata"),
                                .source = json_pack("{s:s, s:s}", "type", "intercepted", "messageId", message_id)};
-    json_t *t = mb__record_turn(b, c, &sp, me, NULL, NULL);
-    json_decref(sp.source);
-    json_decref(t);
+    (void)mb__record_turn(b, c, &sp, me, NULL, NULL, NULL);
 }
 
 /* The conversation an agent works in: its own task conversation, else the
@@ -1597,9 +1626,8 @@ void mb_mail_on_spawn(mb_broker *b, mb_session *s, mb_agent *child, mb_agent *pa
         struct mb__turn_spec sp = {.participant = spawner, .content_type = "event",
                                    .content = json_pack("{s:s, s:s}", "event", "task.spawned", "agentId", child->id),
                                    .source = json_pack("{s:s, s:s}", "type", "explicit", "method", "map/agents/spawn")};
-        mark = mb__record_turn(b, pc, &sp, spawner, NULL, NULL);
+        (void)mb__record_turn(b, pc, &sp, spawner, &mark, NULL, NULL);
         json_decref(sp.content);
-        json_decref(sp.source);
     }
     mb_conv *c = mb__create_conv(b, "agent-task", subject, pc->id, mark ? json_string_value(json_object_get(mark, "id")) : NULL,
                                  md, spawner, NULL);
@@ -1635,11 +1663,9 @@ void mb_mail_on_agent_stop(mb_broker *b, mb_agent *a, const char *reason)
     struct mb__turn_spec sp = {.participant = a->id, .content_type = "event", .content = content,
                                .metadata = json_pack("{s:s}", "stop_reason", stop),
                                .source = json_pack("{s:s, s:s}", "type", "explicit", "method", "map/agents/stop")};
-    json_t *t = mb__record_turn(b, c, &sp, a->id, NULL, NULL);
-    json_decref(t);
+    (void)mb__record_turn(b, c, &sp, a->id, NULL, NULL, NULL);
     json_decref(content);
     json_decref(sp.metadata);
-    json_decref(sp.source);
     char *summary = mb__summarize(b, c, NULL);
     mb__close_conv(b, c, a->id, reason ? reason : "stopped", summary);
     free(summary);

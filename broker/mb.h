@@ -246,13 +246,15 @@ mb_event *mb_emit(mb_broker *b, const char *type, const char *source, json_t *da
  * size_hint bytes (plus overhead). */
 mb_event *mb_emit_ex(mb_broker *b, const char *type, const char *source, json_t *data, const char *caused_by,
                      char id_out[MP_ULID_LEN + 1], int lazy, size_t size_hint);
-/* mb_emit with the data object also given already encoded (data_text, the
- * data_len bytes mp_dump would write for data): the event text is spliced
- * around it instead of encoding data again. data is stolen (it still serves
- * filters and visibility checks), data_text is borrowed and copied. No
- * caused_by, no id_out. Returns the event (borrowed) or NULL on OOM. */
-mb_event *mb_emit_text(mb_broker *b, const char *type, const char *source, json_t *data, const char *data_text,
-                       size_t data_len);
+/* mb_emit with the data given as JSON text only (data_text, data_len bytes,
+ * a JSON object; borrowed and copied): the event text is spliced around it and
+ * no tree is built; the first reader that needs the data (a subscription
+ * filter, a visibility check, an observer) parses it back (mb_event_data).
+ * conv_id: the conversation of a mail.* event (what mb_emit reads from
+ * data.conversationId), or NULL. No caused_by, no id_out. Returns the event
+ * (borrowed) or NULL on OOM. */
+mb_event *mb_emit_text(mb_broker *b, const char *type, const char *source, const char *conv_id,
+                       const char *data_text, size_t data_len);
 /* message_sent (rcpt NULL) or message_delivered (to rcpt, at ts) of message m,
  * whose data is built from m when first read: with no subscription anywhere
  * nothing is built or encoded now (not persisted: map/send is ephemeral).

@@ -162,10 +162,10 @@ void mb_observe_on_event(mb_broker *b, const mb_event *ev)
         return;
     mb_map *set = mb__by_conv ? mb_map_get(mb__by_conv, c->id) : NULL;
     const char *t = ev->type + 5; /* past "mail." */
+    if (!strcmp(t, "turn.added") && !set)
+        return; /* nobody watches: the data is not even parsed back (mb_emit_text) */
     json_t *data = mb_event_data((mb_event *)ev);
     if (!strcmp(t, "turn.added")) {
-        if (!set)
-            return;
         json_t *turn = json_object_get(data, "turn");
         uint64_t seq = (uint64_t)json_integer_value(json_object_get(data, "seq"));
         mb__msg m = {.type = "turn_added", .seq = seq,

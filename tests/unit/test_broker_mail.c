@@ -335,6 +335,90 @@ static void turn_errors(void **state)
                  "{'conversationId':'%s','rootTurnId':'%s'}", cid, t1);
 }
 
+/* the keys of object j, comma-separated, in their order */
+static const char *keys_in_order(json_t *j)
+{
+    static char buf[512];
+    buf[0] = '\0';
+    const char *k;
+    json_t *v;
+    json_object_foreach(j, k, v)
+    {
+        (void)v;
+        snprintf(buf + strlen(buf), sizeof buf - strlen(buf), "%s%s", buf[0] ? "," : "", k);
+    }
+    return buf;
+}
+
+/* The Turn is written as text without a tree (mail.c mb__turn_text): same
+ * keys, order and values as the Turn object, escapes and UTF-8 included, in
+ * the reply, in mail/turns/list (the stored text) and in the event. */
+static void turn_text_shape(void **state)
+{
+    (void)state;
+    mb_session *a = bh_agent(H, "alice", NULL);
+    char cid[64], t1[64], th[64];
+    new_conv(a, NULL, cid);
+    turn(a, cid, NULL, t1);
+    json_t *r = bh_ok(H, a, "mail/thread/create", "{'conversationId':'%s','rootTurnId':'%s'}", cid, t1);
+    snprintf(th, sizeof th, "%s", bh_str(r, "thread.id"));
+    json_decref(r);
+    char sub[64];
+    bh_subscribe(H, a, "{'eventTypes':['mail.turn.added']}", NULL, sub);
+    /* every optional field, strings that need escaping, non-ASCII */
+    r = bh_ok(H, a, "mail/turn",
+              "{'conversationId':'%s','contentType':'x-test','content':{'text':'q\\\"\\\\\\n\\u0001 caf\\u00e9 \\ud83d\\ude00','n':[1,2.5,null,true]},"
+              "'threadId':'%s','inReplyTo':'%s','visibility':{'type':'all'},'metadata':{'k':'v\\t'}}",
+              cid, th, t1);
+    json_t *full = json_incref(bh_get(r, "turn"));
+    json_decref(r);
+    assert_string_equal(keys_in_order(full), "id,conversationId,participant,timestamp,contentType,content,threadId,"
+                                             "inReplyTo,source,visibility,status,metadata");
+    json_t *want = json_pack("{s:s, s:s, s:s, s:s, s:s, s:{s:s, s:s}, s:{s:s}, s:s, s:{s:s}}", "conversationId", cid,
+                             "participant", "alice", "contentType", "x-test", "threadId", th, "inReplyTo", t1,
+                             "source", "type", "explicit", "method", "mail/turn", "visibility", "type", "all", "status",
+                             "complete", "metadata", "k", "v\t");
+    json_t *content = json_pack("{s:s, s:[i, f, n, b]}", "text", "q\"\\\n\x01 caf\xc3\xa9 \xf0\x9f\x98\x80", "n", 1,
+                                2.5, 1);
+    json_object_set_new(want, "content", content);
+    json_object_set(want, "id", json_object_get(full, "id"));
+    json_object_set(want, "timestamp", json_object_get(full, "timestamp"));
+    assert_true(json_is_integer(json_object_get(full, "timestamp")));
+    assert_true(json_equal(full, want));
+    /* the stored text reads back the same */
+    r = bh_ok(H, a, "mail/turns/list", "{'conversationId':'%s'}", cid);
+    json_t *stored = json_array_get(bh_get(r, "turns"), 1);
+    assert_true(json_equal(stored, full));
+    assert_string_equal(keys_in_order(stored), keys_in_order(full));
+    json_decref(r);
+    /* the event's data, parsed back from the event text for the subscription */
+    json_t *ev = NULL;
+    json_t *n;
+    while ((n = bh_pop(H, a, "map/event")))
+        if (!ev || json_object_get(json_object_get(json_object_get(json_object_get(n, "params"), "event"), "data"), "seq")) {
+            json_decref(ev);
+            ev = n;
+        } else {
+            json_decref(n);
+        }
+    assert_non_null(ev);
+    json_t *data = bh_get(ev, "params.event.data");
+    assert_string_equal(keys_in_order(data), "conversationId,turn,seq");
+    assert_string_equal(bh_str(ev, "params.event.data.conversationId"), cid);
+    assert_int_equal(bh_int(ev, "params.event.data.seq"), 2);
+    assert_true(json_equal(bh_get(ev, "params.event.data.turn"), full));
+    json_decref(ev);
+    /* the optional fields stay out when not given; metadata defaults to {} */
+    r = bh_ok(H, a, "mail/turn", "{'conversationId':'%s','contentType':'text','content':null}", cid);
+    assert_string_equal(keys_in_order(bh_get(r, "turn")),
+                        "id,conversationId,participant,timestamp,contentType,content,source,status,metadata");
+    assert_true(json_is_null(bh_get(r, "turn.content")));
+    assert_int_equal(json_object_size(bh_get(r, "turn.metadata")), 0);
+    json_decref(r);
+    json_decref(want);
+    json_decref(full);
+}
+
 static void threads(void **state)
 {
     (void)state;
@@ -649,7 +733,7 @@ int main(void)
         TB(get_and_list),
         TB(close_join_leave_invite),
         TB(turn_errors),
-        TB(threads),
+        TB(turn_text_shape), TB(threads),
         TB(threads_counts),
         TB(turns_list_paging_and_history),
         TB(visibility),
