@@ -282,10 +282,13 @@ mb_event *mb_emit(mb_broker *b, const char *type, const char *source, json_t *da
 static int mb__event_splice(mb_event *ev, const char *data_text, size_t data_len)
 {
     mp_buf t = {0};
-    char head[64];
-    mp_buf_put(&t, head, (size_t)snprintf(head, sizeof head, "{\"id\":\"%s\",\"type\":", ev->id));
+    mp_buf_lit(&t, "{\"id\":\"");
+    mp_buf_lit(&t, ev->id); /* a ULID: nothing to escape */
+    mp_buf_lit(&t, "\",\"type\":");
     mp_buf_quote(&t, ev->type, strlen(ev->type));
-    mp_buf_put(&t, head, (size_t)snprintf(head, sizeof head, ",\"timestamp\":%" PRId64 ",", ev->ts));
+    mp_buf_lit(&t, ",\"timestamp\":");
+    mp_buf_int(&t, ev->ts);
+    mp_buf_lit(&t, ",");
     if (ev->source) {
         mp_buf_lit(&t, "\"source\":");
         mp_buf_quote(&t, ev->source, strlen(ev->source));

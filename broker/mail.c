@@ -445,12 +445,13 @@ static int mb__validate_turn_metadata(mb_ctx *cx, json_t *md)
 static char *mb__turn_added_text(const char *conv_id, const char *turn, size_t turn_len, uint64_t seq, size_t *len)
 {
     mp_buf t = {0};
-    char tail[40];
     mp_buf_lit(&t, "{\"conversationId\":");
     mp_buf_quote(&t, conv_id, strlen(conv_id));
     mp_buf_lit(&t, ",\"turn\":");
     mp_buf_put(&t, turn, turn_len);
-    mp_buf_put(&t, tail, (size_t)snprintf(tail, sizeof tail, ",\"seq\":%" PRIu64 "}", seq));
+    mp_buf_lit(&t, ",\"seq\":");
+    mp_buf_int(&t, (int64_t)seq);
+    mp_buf_lit(&t, "}");
     if (t.failed) {
         free(t.p);
         return NULL;
@@ -476,14 +477,14 @@ static json_t *mb__mail_turn_source(mb_broker *b)
 static char *mb__turn_text(const char *id, const mb_conv *c, const struct mb__turn_spec *sp, int64_t now, size_t *len)
 {
     mp_buf t = {0};
-    char num[32];
     mp_buf_lit(&t, "{\"id\":");
     mp_buf_quote(&t, id, strlen(id));
     mp_buf_lit(&t, ",\"conversationId\":");
     mp_buf_quote(&t, c->id, strlen(c->id));
     mp_buf_lit(&t, ",\"participant\":");
     mp_buf_quote(&t, sp->participant, strlen(sp->participant));
-    mp_buf_put(&t, num, (size_t)snprintf(num, sizeof num, ",\"timestamp\":%" PRId64, now));
+    mp_buf_lit(&t, ",\"timestamp\":");
+    mp_buf_int(&t, now);
     mp_buf_lit(&t, ",\"contentType\":");
     mp_buf_quote(&t, sp->content_type, strlen(sp->content_type));
     mp_buf_lit(&t, ",\"content\":");

@@ -308,6 +308,21 @@ static inline int mp__special(unsigned c)
     return c < 0x20 || c == '"' || c == '\\' || c >= 0x80;
 }
 
+/* v in decimal, hand-rolled: snprintf is a visible share of a dump */
+static int mp__int(mp_buf *b, int64_t v)
+{
+    char num[24];
+    uint64_t u = v < 0 ? 0ULL - (uint64_t)v : (uint64_t)v;
+    char *e = num + sizeof num, *q = e;
+    do {
+        *--q = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        *--q = '-';
+    return mp__put(b, q, (size_t)(e - q));
+}
+
 static int mp__dump_str(mp_buf *b, const char *str, size_t len)
 {
     static const char hex[] = "0123456789ABCDEF";
@@ -386,19 +401,7 @@ static int mp__dump_val(mp_buf *b, const json_t *j, int depth)
         return mp__putc(b, ']');
     }
     case JSON_STRING: return mp__dump_str(b, json_string_value(j), json_string_length(j));
-    case JSON_INTEGER: {
-        /* hand-rolled: snprintf is a visible share of a dump */
-        json_int_t v = json_integer_value(j);
-        unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-        char *e = num + sizeof num, *q = e;
-        do {
-            *--q = (char)('0' + u % 10);
-            u /= 10;
-        } while (u);
-        if (v < 0)
-            *--q = '-';
-        return mp__put(b, q, (size_t)(e - q));
-    }
+    case JSON_INTEGER: return mp__int(b, json_integer_value(j));
     case JSON_REAL: {
         /* rare on these paths: let jansson format it exactly as it would */
         size_t n = json_dumpb(j, num, sizeof num, JSON_COMPACT | JSON_ENCODE_ANY);
@@ -420,6 +423,16 @@ int mp_buf_json(mp_buf *b, const json_t *j)
         return -1;
     }
     b->p[b->len] = '\0'; /* dump_val leaves room for it */
+    return 0;
+}
+
+int mp_buf_int(mp_buf *b, int64_t v)
+{
+    if (b->failed || mp__int(b, v)) {
+        b->failed = 1;
+        return -1;
+    }
+    b->p[b->len] = '\0';
     return 0;
 }
 

@@ -10,6 +10,7 @@
 
 #include <jansson.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "mp_err.h"
@@ -71,6 +72,8 @@ static inline int mp_buf_lit(mp_buf *b, const char *s) { return mp_buf_put(b, s,
 int mp_buf_json(mp_buf *b, const json_t *j);
 /* s (n bytes of UTF-8) as a JSON string literal, the bytes mp_quote writes. */
 int mp_buf_quote(mp_buf *b, const char *s, size_t n);
+/* v in decimal, the bytes mp_dump writes for an integer. */
+int mp_buf_int(mp_buf *b, int64_t v);
 
 /* Serialize compactly into a fresh malloc block with `headroom` spare bytes in
  * front (for LWS_PRE). Text starts at block + headroom, *len excludes headroom,
