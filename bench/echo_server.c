@@ -16,7 +16,7 @@
  * /observe..., which get a small hello frame first) as one shared frame of
  * --frame-size bytes (default 456, the size of the broker's turn_added for
  * that turn) that embeds the message, so the loadgen's timestamp rides along.
- * Observers' frames are written the way the broker writes them
+ * Replies and observers' frames are written the way the broker writes them
  * (broker/session.c): every queued frame gathered into one buffer of at most
  * 64 KiB, WebSocket headers written by hand, one raw lws_write per
  * WRITEABLE. No JSON, no store, no per-observer filtering: what is left is
@@ -170,7 +170,9 @@ static void fan_out(const unsigned char *msg, size_t len)
 }
 
 /* {"jsonrpc":"2.0","id":"<the request's id>","result":{"pad":"xx"}}, padded to
- * g_reply_size, to the sender */
+ * g_reply_size, to the sender: queued like an observer's frames, so that the
+ * replies waiting for one WRITEABLE go out gathered in one write, as the
+ * broker's do */
 static void ack(struct pss *p, const unsigned char *msg, size_t len)
 {
     const unsigned char *id = memmem(msg, len, "\"id\":\"", 6), *end = NULL;
@@ -185,15 +187,17 @@ static void ack(struct pss *p, const unsigned char *msg, size_t len)
     if (hn <= 0 || (size_t)hn >= sizeof head)
         return;
     size_t base = (size_t)hn + sizeof tail - 1, pad = g_reply_size > base ? g_reply_size - base : 0;
-    struct msg *m = malloc(sizeof *m + LWS_PRE + base + pad);
-    if (!m)
+    struct shared *f = malloc(sizeof *f + base + pad);
+    if (!f)
         return;
-    m->len = base + pad;
-    unsigned char *o = m->buf + LWS_PRE;
+    f->refs = 1;
+    f->len = base + pad;
+    unsigned char *o = f->buf;
     memcpy(o, head, (size_t)hn), o += hn;
     memset(o, 'x', pad), o += pad;
     memcpy(o, tail, sizeof tail - 1);
-    msg_push(p, m);
+    obs_push(p, f);
+    shared_unref(f);
 }
 
 /* Gather every queued frame (whole frames, at most GATHER_MAX bytes) with
@@ -314,7 +318,7 @@ static int echo_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user
         break;
     }
     case LWS_CALLBACK_SERVER_WRITEABLE: {
-        if (p->observer)
+        if (g_rpc) /* observers' frames, or a writer's replies */
             return obs_write(p);
         struct msg *m = p->qh;
         if (!m)
@@ -327,18 +331,6 @@ static int echo_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user
         free(m);
         if (n < 0)
             return -1;
-        /* --rpc: the replies go out together */
-        while (g_rpc && p->qh && !lws_send_pipe_choked(wsi)) {
-            m = p->qh;
-            p->qh = m->next;
-            if (!p->qh)
-                p->qt = NULL;
-            p->qn--;
-            n = lws_write(wsi, m->buf + LWS_PRE, m->len, LWS_WRITE_TEXT);
-            free(m);
-            if (n < 0)
-                return -1;
-        }
         if (p->flow_off && p->qn < ECHO_QUEUE_MAX / 2) {
             p->flow_off = 0;
             lws_rx_flow_control(wsi, 1);

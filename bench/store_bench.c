@@ -7,10 +7,16 @@
  * turns) with an ascending mst_turn_scan. One line per backend, with the ratio
  * to memory. It measures; it asserts nothing about timings.
  *
+ * With --events, every turn is followed, in the same transaction, by its
+ * mail.turn.added event embedding the turn's text, as the broker writes them:
+ * then the sqlite lines are the SQLite writer's own ceiling for mail/turn
+ * (no broker, no network; with deferred durability the fsync of each
+ * transaction is done inline here, after its commit, and counted).
+ *
  * Runtime is bounded: a backend that has spent more than --budget seconds
  * (default 8) appending stops at the next commit and reports what it did.
  *
- * usage: store_bench [--turns N] [--batch B] [--size BYTES] [--budget SEC] [--dir DIR]
+ * usage: store_bench [--turns N] [--batch B] [--size BYTES] [--budget SEC] [--dir DIR] [--events]
  * The sqlite files go to a fresh directory under DIR (default: $TMPDIR or /tmp),
  * removed afterwards. Put DIR on the disk you care about: on tmpfs, FULL costs
  * nothing and the numbers say nothing about durability.
@@ -56,6 +62,8 @@ static void rm_store_files(const char *path)
     }
 }
 
+static int g_events; /* --events */
+
 static int run(struct result *res, const char *uri, enum mst_durability dur, long long nturns, int batch,
                size_t size, double budget)
 {
@@ -69,14 +77,17 @@ static int run(struct result *res, const char *uri, enum mst_durability dur, lon
 
     /* one JSON body, patched per turn: building ~1 KiB strings must not be
      * what we measure */
-    char *json = malloc(size + 128);
-    if (!json) {
+    char *json = malloc(size + 128), *ev = malloc(size + 512);
+    if (!json || !ev) {
+        free(json);
+        free(ev);
         mst_close(st);
         return MST_ENOMEM;
     }
     char *filler = malloc(size);
     if (!filler) {
         free(json);
+        free(ev);
         mst_close(st);
         return MST_ENOMEM;
     }
@@ -86,7 +97,7 @@ static int run(struct result *res, const char *uri, enum mst_durability dur, lon
     mp_ulid_init(&g, 7);
     char ulid[MP_ULID_LEN + 1], id[64];
     static const char *const convs[2] = {"conv-bench-0", "conv-bench-1"};
-    uint64_t seq[2] = {0, 0};
+    uint64_t seq[2] = {0, 0}, evseq = 0;
 
     int64_t t0 = mp_mono_us();
     long long i = 0;
@@ -119,8 +130,26 @@ static int run(struct result *res, const char *uri, enum mst_durability dur, lon
                                  .len = len};
             if ((rc = mst_turn_append(st, &t)))
                 goto fail;
+            if (g_events) {
+                char eid[MP_ULID_LEN + 1];
+                mp_ulid_next(&g, mp_now_ms(), eid);
+                int h = snprintf(ev, size + 512,
+                                 "{\"id\":\"%s\",\"type\":\"mail.turn.added\",\"timestamp\":%lld,\"source\":\"%s\","
+                                 "\"data\":{\"conversationId\":\"%s\",\"turn\":",
+                                 eid, (long long)t.ts, t.participant, convs[c]);
+                size_t el = (size_t)h;
+                memcpy(ev + el, json, len);
+                el += len;
+                el += (size_t)snprintf(ev + el, size + 512 - el, ",\"seq\":%llu}}", (unsigned long long)seq[c]);
+                struct mst_event e = {.seq = ++evseq, .id = eid, .type = "mail.turn.added", .conv_id = convs[c],
+                                      .ts = t.ts, .json = ev, .len = el};
+                if ((rc = mst_event_append(st, &e)))
+                    goto fail;
+            }
         }
         if ((rc = mst_commit(st)))
+            goto fail;
+        if (mst_sync_deferred(st) && (rc = mst_sync(st)))
             goto fail;
         if ((double)(mp_mono_us() - t0) / 1e6 > budget)
             break;
@@ -141,6 +170,7 @@ static int run(struct result *res, const char *uri, enum mst_durability dur, lon
     res->close_s = (double)(mp_mono_us() - t0) / 1e6;
     free(filler);
     free(json);
+    free(ev);
     res->ok = 1;
     return MST_OK;
 
@@ -148,6 +178,7 @@ fail:
     fprintf(stderr, "%s: %s (%s)\n", res->label, mst_strerror(rc), mst_last_error(st));
     mst_close(st);
     free(filler);
+    free(ev);
     free(json);
     return rc;
 }
@@ -164,6 +195,10 @@ int main(int argc, char **argv)
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--events") == 0) {
+            g_events = 1;
+            continue;
+        }
         if (!v)
             goto usage;
         if (strcmp(a, "--turns") == 0)
@@ -193,8 +228,8 @@ int main(int argc, char **argv)
     snprintf(uri, sizeof uri, "sqlite:%s", path);
 
     struct result res[3] = {{.label = "memory"}, {.label = "sqlite-normal"}, {.label = "sqlite-full"}};
-    printf("store_bench: %lld turns, %d per transaction, %zu-byte JSON, replay of one conversation; dir %s\n",
-           nturns, batch, size, dir);
+    printf("store_bench: %lld turns%s, %d per transaction, %zu-byte JSON, replay of one conversation; dir %s\n",
+           nturns, g_events ? " (each with its mail.turn.added event)" : "", batch, size, dir);
     fflush(stdout);
     int failed = 0;
     failed |= run(&res[0], "memory:", MST_DUR_FULL, nturns, batch, size, budget) != MST_OK;
@@ -225,7 +260,7 @@ int main(int argc, char **argv)
     return failed ? 1 : 0;
 
 usage:
-    fprintf(stderr, "usage: %s [--turns N] [--batch B] [--size BYTES (256..1M)] [--budget SEC] [--dir DIR]\n",
+    fprintf(stderr, "usage: %s [--turns N] [--batch B] [--size BYTES (256..1M)] [--budget SEC] [--dir DIR] [--events]\n",
             argv[0]);
     return 2;
 }
