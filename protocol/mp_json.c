@@ -1,4 +1,5 @@
 #include "mp_json.h"
+#include "mp_scan.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -303,10 +304,6 @@ static size_t mp__utf8_len(const unsigned char *s, const unsigned char *end)
 }
 
 /* bytes that end a run of plain ASCII: '"', '\\', controls, non-ASCII */
-static inline int mp__special(unsigned c)
-{
-    return c < 0x20 || c == '"' || c == '\\' || c >= 0x80;
-}
 
 /* v in decimal, hand-rolled: snprintf is a visible share of a dump */
 static int mp__int(mp_buf *b, int64_t v)
@@ -334,8 +331,7 @@ static int mp__dump_str(mp_buf *b, const char *str, size_t len)
     *o++ = '"';
     while (p < end) {
         const unsigned char *run = p;
-        while (p < end && !mp__special(*p))
-            p++;
+        p += mp_scan_plain(p, (size_t)(end - p));
         memcpy(o, run, (size_t)(p - run));
         o += p - run;
         if (p == end)

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "mp_json.h"
+#include "mp_scan.h"
 
 /* jansson refuses values nested deeper than 2048 (JSON_PARSER_MAX_DEPTH,
  * counting the scalar inside the innermost container); refusing containers
@@ -101,6 +102,7 @@ static int mp__string(mp__ps *ps, const char **out, size_t *len, int *scratch)
     const unsigned char *p = ps->p, *e = ps->end, *start = p;
     /* fast scan: plain ASCII and valid UTF-8 up to the closing quote or a backslash */
     for (;;) {
+        p += mp_scan_plain(p, (size_t)(e - p));
         if (p >= e)
             return -1;
         unsigned c = *p;
@@ -144,9 +146,7 @@ static int mp__string(mp__ps *ps, const char **out, size_t *len, int *scratch)
             continue;
         }
         if (c != '\\') {
-            const unsigned char *q = p;
-            while (q < e && *q >= 0x20 && *q < 0x80 && *q != '"' && *q != '\\')
-                q++;
+            const unsigned char *q = p + mp_scan_plain(p, (size_t)(e - p));
             if (mp__sput(ps, p, (size_t)(q - p)))
                 return -1;
             p = q;
