@@ -196,6 +196,7 @@ void mb_session_close_after_flush(mb_session *s, int code, const char *reason)
 
 static void mb__queue_pop(mb_session *s)
 {
+    mb_broker *b = s->b;
     mb_qent *q = s->q_head;
     s->q_head = q->next;
     if (!s->q_head)
@@ -203,7 +204,6 @@ static void mb__queue_pop(mb_session *s)
     s->q_count--;
     s->q_bytes -= q->f->len;
     mb_frame_unref(q->f);
-    mb_broker *b = s->b;
     if (b->qent_free_n < MB_QENT_SPARE) {
         q->next = b->qent_free;
         b->qent_free = q;
@@ -212,8 +212,8 @@ static void mb__queue_pop(mb_session *s)
     } else {
         free(q);
     }
-    if (s->full_since && s->q_count < (size_t)s->b->cfg->queue_max_count / 2 &&
-        s->q_bytes < (size_t)s->b->cfg->queue_max_bytes / 2)
+    if (s->full_since && s->q_count < (size_t)b->cfg->queue_max_count / 2 &&
+        s->q_bytes < (size_t)b->cfg->queue_max_bytes / 2)
         s->full_since = 0;
 }
 

@@ -281,6 +281,18 @@ static json_t *mp__number(mp__ps *ps)
     return bad ? NULL : json_real(d);
 }
 
+/* After a member or an element: 1 on ',' (another follows), 0 on the closing
+ * bracket, -1 on anything else; the separator is consumed. */
+static int mp__next(mp__ps *ps, char close)
+{
+    mp__ws(ps);
+    if (ps->p >= ps->end)
+        return -1;
+    if (*ps->p == ',' || *ps->p == close)
+        return *ps->p++ == ',';
+    return -1;
+}
+
 static json_t *mp__object(mp__ps *ps)
 {
     json_t *o = json_object();
@@ -324,19 +336,12 @@ static json_t *mp__object(mp__ps *ps)
             goto fail;
         }
         free(kcopy);
-        mp__ws(ps);
-        if (ps->p >= ps->end)
+        int more = mp__next(ps, '}');
+        if (more < 0)
             goto fail;
-        if (*ps->p == ',') {
-            ps->p++;
-            mp__ws(ps);
-            continue;
-        }
-        if (*ps->p == '}') {
-            ps->p++;
+        if (!more)
             return o;
-        }
-        goto fail;
+        mp__ws(ps);
     }
 fail:
     json_decref(o);
@@ -357,18 +362,11 @@ static json_t *mp__array(mp__ps *ps)
         json_t *v = mp__value(ps);
         if (!v || json_array_append_new(a, v))
             goto fail;
-        mp__ws(ps);
-        if (ps->p >= ps->end)
+        int more = mp__next(ps, ']');
+        if (more < 0)
             goto fail;
-        if (*ps->p == ',') {
-            ps->p++;
-            continue;
-        }
-        if (*ps->p == ']') {
-            ps->p++;
+        if (!more)
             return a;
-        }
-        goto fail;
     }
 fail:
     json_decref(a);
