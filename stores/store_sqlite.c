@@ -506,12 +506,15 @@ static int sq__reserve(char **buf, size_t *cap, size_t n)
     return 0;
 }
 
-/* Copy n bytes into a reusable buffer. */
+/* Copy n bytes into a reusable buffer. The buffer is allocated even for n = 0
+ * (an empty turn text): memcpy and the later memchr / memcmp on it need a
+ * pointer, not NULL. */
 static int sq__keep(char **buf, size_t *cap, const char *src, size_t n)
 {
-    if (sq__reserve(buf, cap, n))
+    if (sq__reserve(buf, cap, n ? n : 1))
         return -1;
-    memcpy(*buf, src, n);
+    if (n)
+        memcpy(*buf, src, n);
     return 0;
 }
 

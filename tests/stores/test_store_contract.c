@@ -672,6 +672,26 @@ static void test_events_embed_turn(void **state)
     assert_string_equal(c.json[1], e4);
 }
 
+/* A turn whose text is empty, first on a fresh store, then an event of its
+ * conversation: both are stored as given (fuzz_store found the sqlite store
+ * copying the empty text into a buffer it had not allocated yet). */
+static void test_empty_turn_text(void **state)
+{
+    struct mst_store *st = ST(state);
+    struct mst_turn t = {.id = "turn-E-1", .conv_id = "E", .seq = 1, .participant = "agent-a",
+                         .content_type = "text", .ts = 1700000000001, .json = "", .len = 0};
+    assert_int_equal(mst_begin(st), MST_OK);
+    assert_int_equal(mst_turn_append(st, &t), MST_OK);
+    assert_int_equal(add_event_json(st, 1, "E", "{\"id\":\"E00000001\"}"), MST_OK);
+    assert_int_equal(mst_commit(st), MST_OK);
+    struct coll c = scan_events(st, 0, NULL, 0);
+    assert_int_equal(c.n, 1);
+    assert_string_equal(c.json[0], "{\"id\":\"E00000001\"}");
+    uint64_t n = 0;
+    assert_int_equal(mst_turn_count(st, "E", &n), MST_OK);
+    assert_int_equal(n, 1);
+}
+
 static void test_events(void **state)
 {
     struct mst_store *st = ST(state);
@@ -1400,6 +1420,7 @@ int main(int argc, char **argv)
         T(test_turns_pagination),
         T(test_events),
         T(test_events_embed_turn),
+        T(test_empty_turn_text),
         T(test_events_trim),
         T(test_audit),
         T(test_callbacks_stop),
