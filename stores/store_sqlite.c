@@ -883,6 +883,7 @@ static void *sq__ckpt_main(void *arg)
         pthread_mutex_lock(&s->ck.mu);
         s->ck.busy = false;
         s->ck.backfilled = done;
+        pthread_cond_broadcast(&s->ck.cv); /* a writer at the hard cap waits for this */
     }
     pthread_mutex_unlock(&s->ck.mu);
     return NULL;
@@ -892,7 +893,12 @@ static void *sq__ckpt_main(void *arg)
  * only at a write that finds every frame copied, and under load the writer
  * always adds frames while the thread copies. So the thread copies the bulk,
  * and when what is left is small the writer copies that itself (a few pages
- * and one fsync) and the next transaction restarts the WAL. */
+ * and one fsync) and the next transaction restarts the WAL.
+ *
+ * A writer faster than the disk could outrun the thread for ever (each pass
+ * leaves more than the small remainder behind). At twice the threshold the
+ * writer therefore waits for the thread's pass to end and copies the rest
+ * itself: back-pressure instead of a WAL without bound. */
 static int sq__wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
 {
     struct sq_store *s = arg;
@@ -901,7 +907,13 @@ static int sq__wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
     bool inline_ckpt = !s->ck.started;
     if (s->ck.started) {
         pthread_mutex_lock(&s->ck.mu);
-        if (!s->ck.busy && !s->ck.want) {
+        if (pages >= 2 * SQ_CKPT_PAGES) {
+            s->ck.want = false; /* a pass not begun yet: the writer does it now */
+            while (s->ck.busy)
+                pthread_cond_wait(&s->ck.cv, &s->ck.mu);
+            inline_ckpt = true;
+            s->ck.backfilled = 0;
+        } else if (!s->ck.busy && !s->ck.want) {
             /* backfilled > pages: counted before a restart, stale */
             if (s->ck.backfilled > 0 && pages >= s->ck.backfilled && pages - s->ck.backfilled < SQ_CKPT_PAGES / 8) {
                 inline_ckpt = true;

@@ -1121,7 +1121,9 @@ static void test_sqlite_reopen(void **state)
 
 /* Checkpoints run in a thread (store_sqlite.c). Under writes that never pause,
  * the WAL must still restart from the top: ~120 MB written in 3000 commits
- * leave a WAL near the 32 MiB checkpoint threshold, not one holding it all. */
+ * leave a WAL of at most twice the 32 MiB checkpoint threshold (where the
+ * writer waits for the thread), not one holding it all. Before that cap, a
+ * loaded machine (four of these in parallel) left 116 and 176 MB. */
 static void test_sqlite_wal_bounded(void **state)
 {
     struct fx *f = *state;
@@ -1148,7 +1150,7 @@ static void test_sqlite_wal_bounded(void **state)
     snprintf(p, sizeof p, "%s-wal", f->path);
     struct stat sb;
     assert_int_equal(stat(p, &sb), 0);
-    assert_true(sb.st_size < 80 * 1024 * 1024);
+    assert_true(sb.st_size <= 2 * 32 * 1024 * 1024 + 1024 * 1024);
     uint64_t n = 0;
     assert_int_equal(mst_turn_count(st, "W", &n), MST_OK);
     assert_int_equal(n, 30000);
