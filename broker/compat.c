@@ -68,11 +68,19 @@ void mb_compat_params(mb_ctx *cx)
             mb__conversation_id(cx);
 }
 
+/* Failed notifications logged per connection; later ones are only counted (a peer cannot flood the log). */
+#define MB_NOTIFY_ERR_LOGGED 20
+
 void mb_compat_notification_failed(mb_ctx *cx, int rc)
 {
+    mb_session *s = cx->s;
     cx->b->stats.notification_errors++;
-    mb_warn(cx->s->session_id, "notification %s failed (nobody receives the error): %d %s", cx->method,
-            cx->err.code ? cx->err.code : rc, cx->err.message[0] ? cx->err.message : "failed");
+    if (s->notify_errors < MB_NOTIFY_ERR_LOGGED)
+        mb_warn(s->session_id, "notification %s failed (nobody receives the error): %d %s", cx->method,
+                cx->err.code ? cx->err.code : rc, cx->err.message[0] ? cx->err.message : "failed");
+    if (++s->notify_errors == MB_NOTIFY_ERR_LOGGED)
+        mb_warn(s->session_id, "%d failed notifications on this connection: further ones are only counted "
+                "(mapbroker_notification_errors_total)", MB_NOTIFY_ERR_LOGGED);
 }
 
 void mb_compat_url_credential(mb_session *s, struct lws *wsi)

@@ -144,6 +144,7 @@ struct mb_session {
                                      when it carries no auth (owned, wiped when freed), or NULL */
     unsigned compat_noted;        /* MB_COMPAT_* absorptions already logged on this connection */
     int mail_push;                /* wants mail/turn.received pushes (map/connect capabilities.mail) */
+    unsigned notify_errors;       /* failed notifications on this connection (the first few are logged) */
 };
 
 /* The "from" identity: primary agent id if any, else the participant id. */

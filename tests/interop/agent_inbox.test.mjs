@@ -2,8 +2,9 @@
 // agent) and its federation ConnectionManager (peers: [{systemId, url}]).
 import assert from 'node:assert/strict';
 import { test, before, after } from 'node:test';
+import { spawnSync } from 'node:child_process';
 import {
-  startBroker, btest, connectAgent, connectClient, mailbox, withTimeout, uid, until, T, closeAll,
+  startBroker, brokerBinary, btest, connectAgent, connectClient, mailbox, withTimeout, uid, until, T, closeAll,
   agentInbox, privateHome, sdk,
 } from './lib.mjs';
 
@@ -169,4 +170,13 @@ btest('pair: with --no-auto-create-scopes registering into an unknown scope is 2
     assert.ok((await raw.call('map/scopes/create', { scopeId: 'default' })).result);
     assert.ok((await raw.call('map/agents/register', { name: 'y', scopes: ['default'] })).result?.agent, 'register into an existing scope');
   }
+});
+
+test('--auto-create-scopes takes true/false (and --no-); anything else is a start-up error naming the flag', () => {
+  const bad = spawnSync(brokerBinary(), ['--store', 'memory:', '--port', '1', '--auto-create-scopes=maybe'], { encoding: 'utf8' });
+  assert.notEqual(bad.status, 0);
+  assert.match(bad.stderr, /--auto-create-scopes expects true or false, got "maybe"/);
+  const help = spawnSync(brokerBinary(), ['--help'], { encoding: 'utf8' });
+  assert.equal(help.status, 0);
+  assert.match(help.stdout, /--\[no-\]auto-create-scopes .*\[default: true\]/);
 });

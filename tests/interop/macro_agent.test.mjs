@@ -20,7 +20,7 @@ before(async () => {
   const tokens = path.join(home, 'tokens.txt');
   fs.writeFileSync(tokens, `${KEY} swarm-principal\nhub-key hub-principal operator\nout-key outsider-principal\n`, { mode: 0o600 });
   brokers.open = await startBroker();
-  brokers.auth = await startBroker({ args: ['--tokens', tokens] });
+  brokers.auth = await startBroker({ args: ['--tokens', tokens], logLevel: 'debug' }); // debug: the URL token is not even there
 });
 after(async () => {
   await closeAll();
@@ -83,8 +83,8 @@ btest('macro-agent sidecar authenticates with ?token= in the URL; the key is nev
 btest('pair: a wrong ?token= is refused (auth error) while the right one on the next socket works', () => [brokers.auth], async () => {
   const bad = await RawWs.open(`${brokers.auth.url}ws/map?token=not-a-key`);
   const r = await bad.call('map/connect', { protocolVersion: 1, participantType: 'agent', name: 'x' });
-  assert.ok(r.result?.authRequired || r.error, `expected authRequired or an error, got ${r.__raw}`);
-  if (r.result) assert.equal(r.result.error?.code, 1001);
+  assert.ok(r.result?.authRequired, `expected authRequired, got ${r.__raw}`);
+  assert.equal(r.result.error?.code, 1001, r.__raw);
   const reg = await bad.call('map/agents/register', { name: 'x' });
   assert.equal(reg.error?.code, 1000, 'nothing but connect/authenticate before auth');
   const good = await RawWs.open(`${brokers.auth.url}ws/map?access_token=${KEY}`);
@@ -227,4 +227,17 @@ btest('pair: a failing notification (postMailTurn where the sidecar is no partic
   await sc.postMailTurn(conv.id, side.id, 'now it lands');
   await until(async () => (await hub.callExtension('mail/turns/list', { conversationId: conv.id })).turns.length === 1, { label: 'recorded' });
   assert.equal(await metric(brokers.open, 'notification_errors_total'), before + 1);
+});
+
+btest('a flood of failing notifications: every one counted, the log stops after 20 per connection', holder, async () => {
+  const raw = await RawWs.open(brokers.open.url);
+  await raw.connect({ participantType: 'agent' });
+  const before = await metric(brokers.open, 'notification_errors_total');
+  const mark = brokers.open.mark();
+  for (let i = 0; i < 25; i++) raw.send({ jsonrpc: '2.0', method: 'mail/turn', params: { conversationId: 'conv-nope', contentType: 'text', content: i } });
+  assert.ok((await raw.call('map/agents/list', {})).result, 'the connection goes on');
+  assert.equal(await metric(brokers.open, 'notification_errors_total'), before + 25);
+  const log = brokers.open.stderr().slice(mark);
+  assert.equal(log.match(/notification mail\/turn failed/g)?.length, 20);
+  assert.match(log, /20 failed notifications on this connection: further ones are only counted/);
 });
