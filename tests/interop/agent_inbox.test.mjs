@@ -5,7 +5,7 @@ import { test, before, after } from 'node:test';
 import { spawnSync } from 'node:child_process';
 import {
   startBroker, brokerBinary, btest, connectAgent, connectClient, mailbox, withTimeout, uid, until, T, closeAll,
-  agentInbox, privateHome, sdk,
+  agentInbox, privateHome, sdk, logSync,
 } from './lib.mjs';
 
 privateHome();
@@ -50,7 +50,7 @@ btest('agent-inbox MapClient connects as shipped: registers into scope "default"
   const c = await connectClient(brokers.alpha.url);
   const sc = await c.callExtension('map/scopes/get', { scopeId: 'default' });
   assert.equal(sc.scope.id, 'default');
-  assert.match(brokers.alpha.stderr(), /scope default created on demand/);
+  assert.match(await logSync(brokers.alpha), /scope default created on demand/);
   await client.disconnect();
 });
 
@@ -80,7 +80,7 @@ btest('agent-inbox sends with {agentId}: delivered as {agent}, noted once in the
   const m2 = await box.next();
   assert.deepEqual([m1.payload.text, m2.payload.text], ['one', 'two']);
   assert.equal(m1.from, client.getConnection().agentId);
-  const log = brokers.alpha.stderr().slice(mark);
+  const log = (await logSync(brokers.alpha)).slice(mark);
   assert.equal(log.match(/compat: map\/send to \{agentId\}/g)?.length, 1, `logged once per connection:\n${log}`);
   // the neighbour: an address with neither agent nor agentId is still an error the client can act on
   const raw = client.getConnection();

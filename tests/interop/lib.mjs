@@ -72,3 +72,18 @@ export async function mailbox(agent) {
     },
   };
 }
+
+/**
+ * Make every line the broker logged so far readable in broker.stderr(): the
+ * log and the sockets are separate pipes, so a reply can arrive before the
+ * line written just before it. A fresh client's connect line is logged after
+ * everything before it, and the log is one ordered stream.
+ */
+export async function logSync(broker, auth) {
+  const { RawWs } = await import('../conformance/lib/broker.mjs');
+  const raw = await RawWs.open(broker.url);
+  const r = await raw.rpc('map/connect', { protocolVersion: 1, participantType: 'client', name: 'log-sync', ...(auth ? { auth } : {}) });
+  await until(() => broker.stderr().includes(`connected as ${r.participantId}`), { label: 'broker log caught up' });
+  raw.ws.close();
+  return broker.stderr();
+}

@@ -7,12 +7,13 @@ import path from 'node:path';
 import { before, after } from 'node:test';
 import {
   startBroker, btest, connectAgent, connectClient, mailbox, withTimeout, until, T, closeAll, RawWs,
-  macroAgent, privateHome, sleep,
+  macroAgent, privateHome, logSync,
 } from './lib.mjs';
 
 const home = privateHome();
 const { createMAPSidecar } = await macroAgent();
 const KEY = 'mk-interop-9f3a51c7d2e84b06';
+const HUB = { method: 'api-key', credential: 'hub-key' };
 const brokers = {};
 const holder = { get broker() { return brokers.open; } };
 
@@ -75,7 +76,7 @@ btest('macro-agent sidecar authenticates with ?token= in the URL; the key is nev
   assert.equal(sc.connected, true);
   const side = (await agentsOf(brokers.auth.url, { method: 'api-key', credential: 'hub-key' })).find((a) => a.name === 'tok-sidecar');
   assert.ok(side, 'registered under its token');
-  const log = brokers.auth.stderr().slice(mark);
+  const log = (await logSync(brokers.auth, HUB)).slice(mark);
   assert.match(log, /authenticated/);
   assert.ok(!log.includes(KEY), 'the URL token appears in the broker log');
 });
@@ -90,7 +91,7 @@ btest('pair: a wrong ?token= is refused (auth error) while the right one on the 
   const good = await RawWs.open(`${brokers.auth.url}ws/map?access_token=${KEY}`);
   const ok = await good.call('map/connect', { protocolVersion: 1, participantType: 'agent', name: 'y' });
   assert.equal(ok.result?.principal?.id, 'swarm-principal', ok.__raw);
-  assert.ok(!brokers.auth.stderr().includes('not-a-key'), 'a rejected URL token appears in the log');
+  assert.ok(!(await logSync(brokers.auth, HUB)).includes('not-a-key'), 'a rejected URL token appears in the log');
 });
 
 btest('macro-agent registers its workers and publishes tasks and events to its scope', holder, async () => {
@@ -132,7 +133,7 @@ btest('macro-agent postMailTurn (contentType text/plain, a notification) is reco
   assert.equal(turns[0].participant, side.id);
   assert.equal(turns[0].contentType, 'text');
   assert.deepEqual(turns[0].content, 'plain words');
-  assert.match(brokers.open.stderr().slice(mark), /compat: contentType "text\/plain" taken as "text"/);
+  assert.match((await logSync(brokers.open)).slice(mark), /compat: contentType "text\/plain" taken as "text"/);
 });
 
 btest('macro-agent receives mail/turn.received for a turn another participant posts', holder, async () => {
@@ -221,7 +222,7 @@ btest('pair: a failing notification (postMailTurn where the sidecar is no partic
   const mark = brokers.open.mark();
   await sc.postMailTurn(conv.id, 'whoever', 'into the void');
   await until(async () => (await metric(brokers.open, 'notification_errors_total')) === before + 1, { label: 'counted' });
-  assert.match(brokers.open.stderr().slice(mark), /warn .*notification mail\/turn failed \(nobody receives the error\): 10002/);
+  assert.match((await logSync(brokers.open)).slice(mark), /warn .*notification mail\/turn failed \(nobody receives the error\): 10002/);
   const side = (await agentsOf(brokers.open.url)).find((a) => a.name === 'lost-sidecar');
   await hub.callExtension('mail/invite', { conversationId: conv.id, participant: { id: side.id } });
   await sc.postMailTurn(conv.id, side.id, 'now it lands');
@@ -237,7 +238,35 @@ btest('a flood of failing notifications: every one counted, the log stops after 
   for (let i = 0; i < 25; i++) raw.send({ jsonrpc: '2.0', method: 'mail/turn', params: { conversationId: 'conv-nope', contentType: 'text', content: i } });
   assert.ok((await raw.call('map/agents/list', {})).result, 'the connection goes on');
   assert.equal(await metric(brokers.open, 'notification_errors_total'), before + 25);
-  const log = brokers.open.stderr().slice(mark);
+  const log = (await logSync(brokers.open)).slice(mark);
   assert.equal(log.match(/notification mail\/turn failed/g)?.length, 20);
   assert.match(log, /20 failed notifications on this connection: further ones are only counted/);
+});
+
+btest('mail v1.1 {id} for get, close, reopen and replay; a threaded turn is pushed with thread_id', holder, async () => {
+  const url = brokers.open.url;
+  const a = await RawWs.open(url);
+  const b = await RawWs.open(url);
+  await a.rpc('map/connect', { protocolVersion: 1, participantType: 'agent' });
+  await b.rpc('map/connect', { protocolVersion: 1, participantType: 'agent', capabilities: { mail: { turnReceived: true } } });
+  await a.rpc('map/agents/register', { name: 'v11-a' });
+  const bid = (await b.rpc('map/agents/register', { name: 'v11-b' })).agent.id;
+  const conv = (await a.rpc('mail/create', { initialParticipants: [{ id: bid }] })).conversation;
+  const root = (await a.rpc('mail/turn', { conversationId: conv.id, contentType: 'text', content: 'root' })).turn;
+  await b.waitFor((f) => f.method === 'mail/turn.received' && f.params.turn_id === root.id);
+  const th = (await a.rpc('mail/thread/create', { conversationId: conv.id, rootTurnId: root.id, subject: 'side' })).thread;
+  const t = (await a.rpc('mail/turn', { conversationId: conv.id, contentType: 'text', content: 'in thread', threadId: th.id })).turn;
+  const push = await b.waitFor((f) => f.method === 'mail/turn.received');
+  assert.equal(push.params.thread_id, th.id);
+  assert.equal(push.params.turn_id, t.id);
+  assert.equal('importance' in push.params, false, 'no importance when the turn has none');
+  assert.equal((await a.rpc('mail/get', { id: conv.id })).conversation.id, conv.id);
+  assert.deepEqual((await a.rpc('mail/replay', { id: conv.id })).turns.map((x) => x.id), [root.id, t.id]);
+  assert.equal((await a.rpc('mail/close', { id: conv.id })).conversation.status, 'completed');
+  assert.equal((await a.rpc('mail/reopen', { id: conv.id })).conversation.status, 'active');
+  // v1.0 as before, and conversationId wins when both are given
+  assert.equal((await a.rpc('mail/get', { conversationId: conv.id, id: 'conv-other' })).conversation.id, conv.id);
+  const none = await a.call('mail/get', { id: 'conv-nope' });
+  assert.equal(none.error?.code, 10000, none.__raw);
+  assert.equal(none.error?.data?.field, 'conversationId');
 });
