@@ -96,8 +96,8 @@ void mb_mail_push_turn(mb_broker *b, struct mb_conv *c, const char *author, cons
             if (!note || !sent)
                 break;
         }
-        if (!mb_mail_event_visible(b, s, c->id, data))
-            continue;
+        if (!mb_mail_may_read(s, c) || !mb_mail_event_visible(b, s, c->id, data))
+            continue; /* canObserve off, a token not scoped to c, or a turn it may not see */
         mb_map_put(sent, s->session_id, s);
         if (mb_session_send_json(s, note, MB_Q_EVENT) == 0)
             b->stats.mail_pushes++;

@@ -270,3 +270,25 @@ btest('mail v1.1 {id} for get, close, reopen and replay; a threaded turn is push
   assert.equal(none.error?.code, 10000, none.__raw);
   assert.equal(none.error?.data?.field, 'conversationId');
 });
+
+btest('pair: a turn visible to some participants is pushed to them only; canObserve:false gets no push', holder, async () => {
+  const url = brokers.open.url;
+  const caps = { mail: { turnReceived: true } };
+  const [a, b, c, d] = await Promise.all([0, 1, 2, 3].map(() => RawWs.open(url)));
+  const ids = [];
+  for (const ws of [a, b, c, d]) {
+    await ws.rpc('map/connect', { protocolVersion: 1, participantType: 'agent', capabilities: caps });
+    ids.push((await ws.rpc('map/agents/register', {})).agent.id);
+  }
+  const conv = (await a.rpc('mail/create', { initialParticipants: [
+    { id: ids[1] }, { id: ids[2] }, { id: ids[3], permissions: { canObserve: false } }] })).conversation;
+  const secret = (await a.rpc('mail/turn', { conversationId: conv.id, contentType: 'text', content: 'for c',
+    visibility: { type: 'participants', ids: [ids[2]] } })).turn;
+  const open = (await a.rpc('mail/turn', { conversationId: conv.id, contentType: 'text', content: 'for all' })).turn;
+  const pushed = (ws) => ws.waitFor((f) => f.method === 'mail/turn.received');
+  assert.equal((await pushed(c)).params.turn_id, secret.id);
+  assert.equal((await pushed(c)).params.turn_id, open.id);
+  assert.equal((await pushed(b)).params.turn_id, open.id, 'b never got the turn it may not see');
+  assert.ok((await d.call('map/agents/list', {})).result);
+  assert.ok(!d.frames.some((f) => f.method === 'mail/turn.received'), 'a participant without canObserve got a push');
+});
