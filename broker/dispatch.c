@@ -86,11 +86,10 @@ void mb_dispatch(mb_session *s, mp_msg *m)
         rc = MB_FAIL(&cx, MP_AUTH_REQUIRED, "method", "Authentication required: call map/authenticate before %s",
                      m->method);
     } else {
+        mb_compat_params(&cx); /* published clients' deviations (compat.c), before the permission gate reads them */
         rc = mb_auth_check_method(&cx, meth);
-        if (!rc) {
-            mb_compat_params(&cx); /* published clients' deviations (compat.c) */
+        if (!rc)
             rc = meth->fn(&cx);
-        }
     }
     if (rc && m->kind == MP_KIND_NOTIFICATION)
         mb_compat_notification_failed(&cx, rc);

@@ -292,3 +292,20 @@ btest('pair: a turn visible to some participants is pushed to them only; canObse
   assert.ok((await d.call('map/agents/list', {})).result);
   assert.ok(!d.frames.some((f) => f.method === 'mail/turn.received'), 'a participant without canObserve got a push');
 });
+
+btest('pair: v1.1 {id} goes through the same permission gate: a token scoped to one conversation cannot read another', () => [brokers.auth], async () => {
+  const url = brokers.auth.url;
+  const op = await RawWs.open(url);
+  await op.rpc('map/connect', { protocolVersion: 1, participantType: 'agent', auth: HUB });
+  await op.rpc('map/agents/register', { name: 'op' });
+  const mine = (await op.rpc('mail/create', { subject: 'mine' })).conversation;
+  const other = (await op.rpc('mail/create', { subject: 'other' })).conversation;
+  const { token } = await op.rpc('x-mapbroker/token/create', { conversationId: mine.id, ttlMs: 60000 });
+  const scoped = await RawWs.open(`${url}?token=${encodeURIComponent(token)}`);
+  assert.ok((await scoped.rpc('map/connect', { protocolVersion: 1, participantType: 'client' })).principal);
+  const refused = await scoped.call('mail/get', { id: other.id });
+  assert.equal(refused.error?.code, 1004, refused.__raw);
+  assert.equal(refused.error?.data?.field, 'conversationId');
+  const ok = await scoped.call('mail/get', { id: mine.id });
+  assert.equal(ok.result?.conversation?.id, mine.id, ok.__raw);
+});
