@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "auth.h"
+#include "compat.h"
 #include "mb.h"
 
 static const char *mb__ptype_name(enum mb_ptype t)
@@ -18,14 +19,14 @@ static const char *mb__ptype_name(enum mb_ptype t)
 static json_t *mb__capabilities(void)
 {
     return json_pack("{s:{s:b,s:b}, s:{s:b,s:b,s:b}, s:{s:b,s:b,s:b,s:b,s:b}, s:{s:b,s:b}, s:{s:b},"
-                     " s:{s:b,s:b,s:b,s:b,s:b,s:b}, s:{s:b,s:b,s:b}}",
+                     " s:{s:b,s:b,s:b,s:b,s:b,s:b,s:[s,s],s:b}, s:{s:b,s:b,s:b}}",
                      "observation", "canObserve", 1, "canQuery", 1,
                      "messaging", "canSend", 1, "canReceive", 1, "canBroadcast", 1,
                      "lifecycle", "canSpawn", 1, "canRegister", 1, "canUnregister", 1, "canSteer", 1, "canStop", 1,
                      "scopes", "canCreateScopes", 1, "canManageScopes", 1,
                      "federation", "canFederate", 1,
                      "mail", "enabled", 1, "canCreate", 1, "canJoin", 1, "canInvite", 1, "canViewHistory", 1,
-                     "canCreateThreads", 1,
+                     "canCreateThreads", 1, "versions", "1.0", "1.1", "turnReceived", 1,
                      "streaming", "supportsAck", 1, "supportsFlowControl", 0, "supportsPause", 0);
 }
 
@@ -135,8 +136,12 @@ static int h_connect(mb_ctx *cx)
     if (name && strlen(name) > 1024)
         return MB_FAIL(cx, MP_INVALID_PARAMS, "name", "Parameter name is longer than 1024 bytes");
 
-    /* Authentication (up-front credentials, or the negotiated authRequired form). */
-    int ar = mb_auth_connect(cx, auth, pt);
+    /* Authentication (up-front credentials, or the negotiated authRequired form);
+     * without auth params, a ?token= of the WebSocket URL (compat.c). */
+    json_t *url_auth = auth ? NULL : mb_compat_connect_auth(s);
+    int ar = mb_auth_connect(cx, auth ? auth : url_auth, pt);
+    json_decref(url_auth);
+    mb_compat_connect_caps(s, p);
     if (ar < 0)
         return cx->err.code;
 

@@ -4,13 +4,15 @@
 #include <string.h>
 
 #include "auth.h"
+#include "compat.h"
 #include "mb.h"
 
 static const mb_method *const *mb__tables(void)
 {
     static const mb_method *const tables[] = {mb_methods_conn,   mb_methods_agents, mb_methods_scopes,
                                               mb_methods_send,   mb_methods_events, mb_methods_mail,
-                                              mb_methods_federation, mb_methods_audit, mb_methods_auth, NULL};
+                                              mb_methods_federation, mb_methods_audit, mb_methods_auth,
+                                              mb_methods_mail_v11, NULL};
     return tables;
 }
 
@@ -84,10 +86,13 @@ void mb_dispatch(mb_session *s, mp_msg *m)
         rc = MB_FAIL(&cx, MP_AUTH_REQUIRED, "method", "Authentication required: call map/authenticate before %s",
                      m->method);
     } else {
+        mb_compat_params(&cx); /* published clients' deviations (compat.c), before the permission gate reads them */
         rc = mb_auth_check_method(&cx, meth);
         if (!rc)
             rc = meth->fn(&cx);
     }
+    if (rc && m->kind == MP_KIND_NOTIFICATION)
+        mb_compat_notification_failed(&cx, rc);
     int replied = 0;
     if (m->kind == MP_KIND_REQUEST && !rc && cx.result_raw) {
         replied = mb__reply_raw(&cx, m->id) == 0;

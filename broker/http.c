@@ -11,6 +11,7 @@
 
 #include "auth.h"
 #include "mail.h"
+#include "compat.h"
 #include "net.h"
 #include "observe.h"
 
@@ -123,6 +124,8 @@ static char *mb__metrics(mb_broker *b, size_t *len)
     C("rate_limited_total", "Requests refused by the rate limit", st->rate_limited);
     C("turns_recorded_total", "Mail turns recorded", st->turns_recorded);
     C("conversations_created_total", "Mail conversations created", st->conversations_created);
+    C("notification_errors_total", "Notifications whose handling failed (logged at warn)", st->notification_errors);
+    C("mail_pushes_total", "mail/turn.received notifications queued", st->mail_pushes);
     G("queue_frames", "Frames waiting in outbound queues", qf);
     G("queue_bytes", "Bytes waiting in outbound queues", qb);
     static const char *le[] = {"0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005",
@@ -773,3 +776,8 @@ int mb_http_on_body_done(mb_broker *b, struct lws *wsi, mb_pss *pss)
     return rc;
 }
 
+/* -- interop (#20): the WebSocket upgrade reads its ?token= with the same parser -- */
+const char *mb_http_query_arg(struct lws *wsi, const char *name, char *buf, int len)
+{
+    return mb__arg(wsi, name, buf, len);
+}

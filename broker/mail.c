@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "auth.h"
+#include "compat.h"
 
 /* ---- small helpers ---- */
 
@@ -362,6 +363,7 @@ struct mb__turn_spec {
     json_t *visibility;       /* borrowed, may be NULL */
     json_t *metadata;         /* borrowed, may be NULL */
     json_t *source;           /* stolen */
+    const char *importance;   /* mail v1.1: low | normal | high | urgent, or NULL */
 };
 
 struct mb__find_turn {
@@ -500,6 +502,10 @@ static char *mb__turn_text(const char *id, const mb_conv *c, const struct mb__tu
         mp_buf_lit(&t, ",\"inReplyTo\":");
         mp_buf_quote(&t, sp->in_reply_to, strlen(sp->in_reply_to));
     }
+    if (sp->importance) {
+        mp_buf_lit(&t, ",\"importance\":");
+        mp_buf_quote(&t, sp->importance, strlen(sp->importance));
+    }
     mp_buf_lit(&t, ",\"source\":");
     mp_buf_json(&t, sp->source); /* fails on NULL (OOM building it) */
     if (sp->visibility && !json_is_null(sp->visibility)) {
@@ -577,6 +583,7 @@ static int mb__record_turn(mb_broker *b, mb_conv *c, struct mb__turn_spec *sp, c
                           (json_int_t)c->last_seq),
                 NULL, NULL);
     free(dt);
+    mb_mail_push_turn(b, c, sp->participant, txt, len); /* mail v1.1 mail/turn.received (mail_v11.c) */
     const char *handoff = json_string_value(json_object_get(sp->metadata, "handoff_target"));
     const char *stop = json_string_value(json_object_get(sp->metadata, "stop_reason"));
     json_t *t = tree_out || handoff || stop ? mp_json_parse(txt, len, 4096) : NULL;
@@ -1255,6 +1262,12 @@ static int h_turn(mb_ctx *cx)
     if (!content)
         return MB_FAIL(cx, MP_INVALID_PARAMS, "content", "Missing required parameter: content");
     vis = json_object_get(cx->params, "visibility");
+    static const char *const importances[] = {"low", "normal", "high", "urgent", NULL};
+    const char *imp = NULL;
+    if (mp_get_str(cx->params, "importance", 0, &imp, &cx->err))
+        return cx->err.code;
+    if (imp && !mb__one_of(imp, importances))
+        return MB_FAIL(cx, MP_INVALID_PARAMS, "importance", "Parameter importance must be low, normal, high or urgent");
     if (!mb_conv_active(c))
         return MB_FAIL(cx, MP_MAIL_CONV_CLOSED, "conversationId", "Conversation %s is closed", c->id);
     if (mb__need_part(cx, c, &p))
@@ -1269,7 +1282,7 @@ static int h_turn(mb_ctx *cx)
         return cx->err.code;
     struct mb__turn_spec sp = {.participant = p->id, .content_type = ct, .content = content, .thread_id = thread,
                                .in_reply_to = reply, .visibility = vis, .metadata = md,
-                               .source = mb__mail_turn_source(cx->b)};
+                               .source = mb__mail_turn_source(cx->b), .importance = imp};
     char *txt = NULL;
     size_t len = 0;
     if (mb__record_turn(cx->b, c, &sp, p->id, NULL, &txt, &len))

@@ -139,6 +139,12 @@ struct mb_session {
     int final_close;              /* session ends for good when the socket closes (no resume) */
     char *peer_system;            /* outbound federation link: the system id dialed, else NULL */
     void *obs;                    /* observer state (observe.c) */
+    /* -- interop (#20): published MAP clients (compat.c, mail_v11.c) -- */
+    char *url_credential;         /* ?token= / ?access_token= of the WebSocket upgrade, used by map/connect
+                                     when it carries no auth (owned, wiped when freed), or NULL */
+    unsigned compat_noted;        /* MB_COMPAT_* absorptions already logged on this connection */
+    int mail_push;                /* wants mail/turn.received pushes (map/connect capabilities.mail) */
+    unsigned notify_errors;       /* failed notifications on this connection (the first few are logged) */
 };
 
 /* The "from" identity: primary agent id if any, else the participant id. */
@@ -316,6 +322,7 @@ extern const mb_method mb_methods_events[];
 extern const mb_method mb_methods_mail[];
 extern const mb_method mb_methods_federation[];
 extern const mb_method mb_methods_audit[];
+extern const mb_method mb_methods_mail_v11[]; /* mail_v11.c: mail v1.1 methods beside v1.0 */
 
 /* Convenience for handlers: set cx->err and return its code. */
 #define MB_FAIL(cx, code, field, ...) mp_err_set(&(cx)->err, (code), (field), __VA_ARGS__)
@@ -332,6 +339,9 @@ typedef struct mb_stats {
     uint64_t commits, commit_us_total, commit_us_max;
     uint64_t commit_hist[12];     /* buckets: <=100us,250,500,1ms,2.5,5,10,25,50,100,250,+Inf */
     uint64_t slow_consumers_closed, oversize_closed, rate_limited;
+    /* -- interop (#20) -- */
+    uint64_t notification_errors; /* notifications whose handling failed (nobody gets the error) */
+    uint64_t mail_pushes;         /* mail/turn.received notifications queued */
 } mb_stats;
 
 struct mb_broker {

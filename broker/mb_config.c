@@ -12,7 +12,7 @@
 
 #include "mb_log.h"
 
-enum ctype { C_STR, C_INT };
+enum ctype { C_STR, C_INT, C_BOOL };
 
 struct cdef {
     const char *name;
@@ -25,6 +25,8 @@ struct cdef {
 
 #define S(n, f, d, h) {n, C_STR, offsetof(mb_config, f), d, 0, 0, h}
 #define I(n, f, d, lo, hi, h) {n, C_INT, offsetof(mb_config, f), d, lo, hi, h}
+/* A switch: --NAME, --NAME=true|false (also on/off, yes/no, 1/0), --no-NAME; `NAME = false` in a file. */
+#define B(n, f, d, h) {n, C_BOOL, offsetof(mb_config, f), d, 0, 1, h}
 
 static const struct cdef defs[] = {
     S("host", host, "127.0.0.1", "address to listen on (0.0.0.0 for all interfaces)"),
@@ -70,6 +72,8 @@ static const struct cdef defs[] = {
     S("peer-token", peer_token, "", "credential presented to peers when dialing (api-key or bearer token)"),
     S("public-url", public_url, "", "this broker's URL as peers should see it (sent when dialing; default ws://HOST:PORT/)"),
     S("config", config_file, "", "read settings from FILE (lines: name = value; # comments)"),
+    /* -- interop (#20): published MAP clients -- */
+    B("auto-create-scopes", auto_create_scopes, "true", "registering into (or joining) a scope that does not exist creates it with the default join policy (--no-auto-create-scopes: 2002 Scope not found)"),
 };
 #define NDEFS (sizeof defs / sizeof defs[0])
 
@@ -79,6 +83,19 @@ static const struct cdef *find(const char *name)
         if (!strcmp(defs[i].name, name))
             return &defs[i];
     return NULL;
+}
+
+static int mb__set_bool(const struct cdef *d, long long *p, const char *val, const char *where)
+{
+    static const char *const yes[] = {"true", "on", "yes", "1", NULL}, *const no[] = {"false", "off", "no", "0", NULL};
+    for (int i = 0; yes[i]; i++)
+        if (!strcmp(val, yes[i]))
+            return *p = 1, 0;
+    for (int i = 0; no[i]; i++)
+        if (!strcmp(val, no[i]))
+            return *p = 0, 0;
+    fprintf(stderr, "mapbroker: %s: --%s expects true or false, got \"%s\"\n", where, d->name, val);
+    return -1;
 }
 
 static int set(mb_config *c, const struct cdef *d, const char *val, const char *where)
@@ -92,6 +109,8 @@ static int set(mb_config *c, const struct cdef *d, const char *val, const char *
         *(char **)p = dup;
         return 0;
     }
+    if (d->type == C_BOOL)
+        return mb__set_bool(d, (long long *)p, val, where);
     char *end;
     errno = 0;
     long long v = strtoll(val, &end, 10);
@@ -116,7 +135,10 @@ static void usage(FILE *f)
                "recorded in a durable store.\n\nOptions (also settable as `name = value` in --config FILE):\n");
     for (size_t i = 0; i < NDEFS; i++) {
         char flag[64];
-        snprintf(flag, sizeof flag, "--%s %s", defs[i].name, defs[i].type == C_INT ? "N" : "VALUE");
+        if (defs[i].type == C_BOOL)
+            snprintf(flag, sizeof flag, "--[no-]%s", defs[i].name);
+        else
+            snprintf(flag, sizeof flag, "--%s %s", defs[i].name, defs[i].type == C_INT ? "N" : "VALUE");
         fprintf(f, "  %-28s %s", flag, defs[i].help);
         if (defs[i].def[0])
             fprintf(f, " [default: %s]", defs[i].def);
@@ -175,6 +197,24 @@ static int load_file(mb_config *c, const char *path)
     return rc;
 }
 
+/* `--NAME` or `--no-NAME` of a switch (C_BOOL): fills name and val. 0 if a is not one. */
+static int mb__bool_flag(const char *a, char *name, size_t nlen, const char **val)
+{
+    const struct cdef *d = find(a + 2);
+    if (d && d->type == C_BOOL) {
+        snprintf(name, nlen, "%s", a + 2);
+        *val = "true";
+        return 1;
+    }
+    d = strncmp(a + 2, "no-", 3) ? NULL : find(a + 5);
+    if (d && d->type == C_BOOL) {
+        snprintf(name, nlen, "%s", a + 5);
+        *val = "false";
+        return 1;
+    }
+    return 0;
+}
+
 int mb_config_load(mb_config *c, int argc, char **argv)
 {
     memset(c, 0, sizeof *c);
@@ -212,6 +252,8 @@ int mb_config_load(mb_config *c, int argc, char **argv)
         if (eq) {
             snprintf(name, sizeof name, "%.*s", (int)(eq - a - 2), a + 2);
             val = eq + 1;
+        } else if (mb__bool_flag(a, name, sizeof name, &val)) {
+            /* --NAME / --no-NAME: a switch takes no value */
         } else {
             snprintf(name, sizeof name, "%s", a + 2);
             if (i + 1 >= argc) {

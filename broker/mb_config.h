@@ -49,6 +49,8 @@ typedef struct mb_config {
     char *peer_token;
     char *public_url;
     char *config_file;
+    /* -- interop (#20) -- */
+    long long auto_create_scopes; /* 1: unknown scopes in register / join are created */
 } mb_config;
 
 /* Fill defaults, then apply argv (and --config FILE, read before the other flags so

@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <string.h>
 
+#include "compat.h"
 #include "net.h"
 
 static mb_broker *g_b; /* for the signal handler and timers only */
@@ -144,6 +145,7 @@ static int mb__callback(struct lws *wsi, enum lws_callback_reasons reason, void 
             return -1;
         if (mb_http_ws_path(uri))
             return mb_http_ws_observe(b, wsi, pss);
+        mb_compat_url_credential(pss->s, wsi); /* ?token= / ?access_token= for map/connect (never logged) */
         mb_debug(pss->s->session_id, "websocket open from %s%s", ip, pss->s->tls ? " (tls)" : "");
         return 0;
     }

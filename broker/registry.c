@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "auth.h"
+#include "compat.h"
 #include "mb.h"
 
 static char *mb__dup(const char *s) { return s ? strdup(s) : NULL; }
@@ -452,7 +453,8 @@ static int mb__create_agent(mb_ctx *cx, int spawn, mb_agent **out)
         return MB_FAIL(cx, MP_INVALID_PARAMS, "parent", "An agent cannot be its own parent");
     size_t i;
     json_t *x;
-    json_array_foreach(scopes, i, x) if (!mb_scope_get(b, json_string_value(x))) return MB_FAIL(
+    /* unknown scopes are created on demand unless --no-auto-create-scopes (scope_auto.c) */
+    json_array_foreach(scopes, i, x) if (!mb_scope_auto(cx, json_string_value(x))) return MB_FAIL(
         cx, MP_SCOPE_NOT_FOUND, "scopes", "Scope not found: %s", json_string_value(x));
 
     mb_agent *a = mb_agent_get(b, id);
@@ -1097,6 +1099,9 @@ static int h_scope_join(mb_ctx *cx)
 {
     mb_scope *sc = NULL;
     mb_agent *a = NULL;
+    const char *join_id = json_string_value(json_object_get(cx->params, "agentId"));
+    if (join_id && mb_agent_get(cx->b, join_id)) /* a scope that does not exist is created (scope_auto.c) */
+        (void)mb_scope_auto(cx, json_string_value(json_object_get(cx->params, "scopeId")));
     if (mb__scope_member_args(cx, &sc, &a))
         return cx->err.code;
     const char *pol = json_string_value(json_object_get(sc->doc, "joinPolicy"));

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "compat.h"
 #include "mb.h"
 #include "observe.h"
 
@@ -604,6 +605,7 @@ void mb_session_free(mb_session *s)
     json_decref(s->principal.agents);
     json_decref(s->principal.conversations);
     json_decref(s->principal.types);
+    mb_compat_session_free(s); /* the URL credential, if map/connect never used it */
     free(s);
 }
 

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 bash scripts/deps.sh --test
 
-for d in tests/conformance tests/security tests/browser; do
+for d in tests/conformance tests/security tests/interop tests/browser; do
   if [[ -f $d/package-lock.json ]]; then
     (cd "$d" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
   fi

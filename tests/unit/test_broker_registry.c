@@ -87,7 +87,8 @@ static void register_errors(void **state)
     json_decref(e);
     bh_err_field(H, s2, MP_AGENT_NOT_FOUND, "parent", "map/agents/register", "{'agentId':'b','parent':'ghost'}");
     bh_err_field(H, s1, MP_INVALID_PARAMS, "parent", "map/agents/register", "{'agentId':'a1','parent':'a1'}");
-    bh_err_field(H, s2, MP_SCOPE_NOT_FOUND, "scopes", "map/agents/register", "{'agentId':'b','scopes':['nope']}");
+    /* unknown scopes are created on demand (--auto-create-scopes): one that cannot be created stays 2002 */
+    bh_err_field(H, s2, MP_SCOPE_NOT_FOUND, "scopes", "map/agents/register", "{'agentId':'b','scopes':['no such scope']}");
     bh_err_field(H, s2, MP_INVALID_PARAMS, "scopes", "map/agents/register", "{'agentId':'b','scopes':'x'}");
     bh_err_field(H, s2, MP_INVALID_PARAMS, "visibility", "map/agents/register", "{'agentId':'b','visibility':'everyone'}");
     bh_err_field(H, s2, MP_INVALID_PARAMS, "metadata", "map/agents/register", "{'agentId':'b','metadata':[]}");
