@@ -143,7 +143,7 @@ function renderDetail() {
       a.role ? h('span', { class: 'role', testid: 'agent-detail-role' }, a.role) : null,
       h('code', { class: 'id', testid: 'agent-id' }, a.id),
       h('span', { testid: 'agent-broker', title: 'the broker this agent is registered on' }, `on ${link && link.systemId ? link.systemId : 'this broker'}`),
-      a.ownerId ? h('span', { testid: 'agent-owner', title: 'the connection that owns this agent' }, `via ${a.ownerId}`) : h('span', { testid: 'agent-owner' }, 'no connection'),
+      a.ownerId ? h('span', { testid: 'agent-owner', title: 'the connection that owns this agent' }, `connection ${a.ownerId}`) : h('span', { testid: 'agent-owner' }, 'no connection'),
       a.lifecycle && a.lifecycle.createdAt ? time(a.lifecycle.createdAt, true) : null,
       typeof md.conversationId === 'string' ? h('a', { href: '#/c/' + encodeURIComponent(md.conversationId), testid: 'agent-conversation' }, 'task conversation') : null));
   $('agent-rel').hidden = false;
