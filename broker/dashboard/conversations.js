@@ -179,7 +179,6 @@ function attachmentList(md) {
     const href = safeHref(typeof url === 'string' ? url : null);
     const label = name !== undefined ? String(name) : url !== undefined ? String(url) : '(unnamed)';
     return h('li', { class: 'attachment', testid: 'attachment', 'data-size': size === undefined ? null : String(size) },
-      h('span', { class: 'att-icon', 'aria-hidden': 'true' }, '📎'),
       href ? h('a', { href, testid: 'attachment-link', target: '_blank', rel: 'noopener noreferrer' }, label)
         : h('span', { class: 'att-name', testid: 'attachment-name' }, label),
       type !== undefined ? h('span', { class: 'ctype', testid: 'attachment-type' }, String(type)) : null,
