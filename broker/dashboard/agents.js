@@ -3,7 +3,7 @@
 // message history (GET /api/agents/:id/messages) and live messages
 // (message_sent / message_delivered events), and the operator controls
 // (map/inject, map/agents/suspend|resume|stop {force}), each confirmed first.
-import { $, h, time, token, banner, pretty, confirmAction } from './dom.js';
+import { $, h, time, token, banner, pretty, confirmAction, forest } from './dom.js';
 import { api, MapLink } from './api.js';
 
 export const AGENT_EVENTS = ['agent_registered', 'agent_state_changed', 'agent_unregistered',
@@ -48,19 +48,8 @@ function stateChip(state) {
 const label = (a) => (typeof a.name === 'string' && a.name && a.name !== a.id ? a.name : a.id);
 
 function renderTree() {
-  const kids = new Map();
-  const roots = [];
-  for (const a of agents.values()) {
-    if (a.parent && a.parent !== a.id && agents.has(a.parent)) {
-      if (!kids.has(a.parent)) kids.set(a.parent, []);
-      kids.get(a.parent).push(a);
-    } else roots.push(a);
-  }
   const byId = (x, y) => (x.id < y.id ? -1 : x.id > y.id ? 1 : 0);
-  const seen = new Set();
-  const item = (a) => {
-    seen.add(a.id);
-    const sub = (kids.get(a.id) || []).filter((k) => !seen.has(k.id)).sort(byId);
+  const item = (a, sub) => {
     const active = open && open.id === a.id;
     return h('li', { testid: 'agent-item', 'data-agent-id': a.id, 'data-state': a.state, 'data-parent-id': a.parent },
       h('a', { href: agentHref(a.id), class: 'conv-link' + (active ? ' active' : ''), 'aria-current': active ? 'page' : null },
@@ -68,9 +57,9 @@ function renderTree() {
         h('span', { class: 'meta' }, stateChip(a.state),
           a.role ? h('span', { class: 'role', testid: 'agent-role' }, a.role) : null,
           label(a) !== a.id ? h('code', { class: 'id' }, a.id) : null)),
-      sub.length ? h('ul', { class: 'conv-children' }, sub.map(item)) : null);
+      sub.length ? h('ul', { class: 'conv-children' }, sub) : null);
   };
-  $('agent-list').replaceChildren(...roots.sort(byId).map(item));
+  $('agent-list').replaceChildren(...forest([...agents.values()], (a) => a.parent, byId, item));
   $('agent-empty').hidden = agents.size > 0 || !loaded;
   $('agent-count').textContent = agents.size ? `(${agents.size})` : '';
 }

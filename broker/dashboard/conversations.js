@@ -3,7 +3,7 @@
 // (handoff badges, stop tags, attachments).
 // Contract: docs/observers.md (REST /api/conversations..., SSE /api/stream
 // and /api/conversations/:id/stream).
-import { $, h, time, plural, token, banner, setStatus, pretty, bytes, safeHref } from './dom.js';
+import { $, h, time, plural, token, banner, setStatus, pretty, bytes, safeHref, forest } from './dom.js';
 import { api, stream } from './api.js';
 
 const STOP_REASONS = ['convergence', 'complete', 'timeout', 'error', 'impasse'];
@@ -84,20 +84,7 @@ function matches(c) {
 
 function renderList() {
   const shown = [...convs.values()].filter(matches);
-  const ids = new Set(shown.map((c) => c.id));
-  const kids = new Map();
-  const roots = [];
-  for (const c of shown) {
-    const p = c.parentConversationId;
-    if (p && p !== c.id && ids.has(p)) {
-      if (!kids.has(p)) kids.set(p, []);
-      kids.get(p).push(c);
-    } else roots.push(c);
-  }
-  const seen = new Set();
-  const item = (c) => {
-    seen.add(c.id);
-    const sub = (kids.get(c.id) || []).filter((k) => !seen.has(k.id)).sort(newestFirst);
+  const item = (c, sub) => {
     const active = current && current.id === c.id;
     const n = Number(c.participantCount) || 0;
     return h('li', { testid: 'conv-item', 'data-conv-id': c.id, 'data-status': c.status, 'data-parent-id': c.parentConversationId },
@@ -108,9 +95,9 @@ function renderList() {
           h('span', { class: 'type', testid: 'conv-type' }, c.type || ''),
           h('span', { testid: 'conv-participants' }, plural(n, 'participant')),
           time(c.createdAt, true))),
-      sub.length ? h('ul', { class: 'conv-children' }, sub.map(item)) : null);
+      sub.length ? h('ul', { class: 'conv-children' }, sub) : null);
   };
-  $('conv-list').replaceChildren(...roots.sort(newestFirst).map(item));
+  $('conv-list').replaceChildren(...forest(shown, (c) => c.parentConversationId, newestFirst, item));
   const filtered = filters.status || filters.type || filters.participant;
   $('conv-empty').hidden = shown.length > 0;
   $('conv-empty').textContent = filtered && convs.size ? 'No conversation matches these filters.' : 'No conversations yet.';
@@ -122,6 +109,22 @@ function renderList() {
     sel.replaceChildren(h('option', { value: '' }, 'any type'), ...[...types].sort().map((t) => h('option', { value: t }, t)));
     sel.value = filters.type;
   }
+}
+
+/** Keep the participant filter's set live from the feed's membership changes. */
+function trackParticipant(m) {
+  if (!filters.participant || !participantIds) return;
+  const pid = m.participantId || (m.participant && m.participant.id);
+  if (m.reason === 'participant_joined' && pid === filters.participant) participantIds.add(m.conversation.id);
+  else if (m.reason === 'participant_left' && pid === filters.participant) participantIds.delete(m.conversation.id);
+  else if (m.reason === 'created' && !participantIds.has(m.conversation.id)) reloadSoon();
+}
+
+let reloadTimer = null;
+/** One list reload for a burst of changes the feed cannot settle by itself. */
+function reloadSoon() {
+  if (reloadTimer) return;
+  reloadTimer = setTimeout(() => { reloadTimer = null; loadList(); }, 250);
 }
 
 function openFeed() {
@@ -139,8 +142,7 @@ function openFeed() {
         const m = parse(data);
         if (!m || !m.conversation) return;
         upsert(m.conversation);
-        // a conversation the participant filter has not seen yet: ask the broker again
-        if (filters.participant && participantIds && !participantIds.has(m.conversation.id)) loadList();
+        trackParticipant(m);
         queueRender();
         if (current) current.onGlobal(m);
       } else if (type === 'overflow') {

@@ -89,3 +89,31 @@ export function confirmAction(title, detail, verb) {
     dlg.showModal();
   });
 }
+
+/**
+ * Render a forest: items with an id, parentOf(item) -> parent id or null.
+ * render(item, childElements) builds one node. An item whose parent is not
+ * among the items is a root; items caught in a parent cycle are shown as
+ * roots too, each once.
+ */
+export function forest(items, parentOf, compare, render) {
+  const ids = new Set(items.map((x) => x.id));
+  const kids = new Map();
+  const roots = [];
+  for (const x of items) {
+    const p = parentOf(x);
+    if (p && p !== x.id && ids.has(p)) {
+      if (!kids.has(p)) kids.set(p, []);
+      kids.get(p).push(x);
+    } else roots.push(x);
+  }
+  const seen = new Set();
+  const walk = (x) => {
+    seen.add(x.id);
+    const sub = (kids.get(x.id) || []).filter((k) => !seen.has(k.id)).sort(compare);
+    return render(x, sub.map(walk));
+  };
+  const out = roots.sort(compare).map(walk);
+  for (const x of [...items].sort(compare)) if (!seen.has(x.id)) out.push(walk(x));
+  return out;
+}
