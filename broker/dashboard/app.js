@@ -26,19 +26,22 @@ function showView(name) {
   return entering;
 }
 
+/** A hash segment decoded; a malformed %-escape stays as it is. */
+const decode = (s) => { try { return decodeURIComponent(s); } catch { return s; } };
+
 function route() {
   if (!started) return;
   const hash = location.hash;
   let m;
   if ((m = /^#\/agents(?:\/(.+))?$/.exec(hash))) {
     showView('agents');
-    showAgent(m[1] ? decodeURIComponent(m[1]) : null);
+    showAgent(m[1] ? decode(m[1]) : null);
   } else if (hash === '#/audit') {
     if (showView('audit')) loadAudit();
   } else {
     showView('conversations');
     m = /^#\/c\/([^/]+)(?:\/t\/(\d+))?$/.exec(hash);
-    showConversation(m ? decodeURIComponent(m[1]) : null, m && m[2] ? Number(m[2]) : null);
+    showConversation(m ? decode(m[1]) : null, m && m[2] ? Number(m[2]) : null);
   }
 }
 

@@ -201,3 +201,13 @@ step('the audit view lists every action, newest first, as text', async () => {
   assert.equal(await page.evaluate(() => window.__pwned), undefined);
   assert.deepEqual(F.pageErrors, []);
 });
+
+step('an unknown or malformed agent link says the agent is not registered; controls stay off', async () => {
+  for (const [hash, id] of [['#/agents/no-such-agent', 'no-such-agent'], ['#/agents/%E0%A4%A', '%E0%A4%A']]) {
+    await page.evaluate((h) => { location.hash = h; }, hash);
+    await page.locator(`[data-testid="agent-detail"][data-agent-id="${id}"] [data-testid="agent-missing"]`).waitFor();
+    assert.match(await page.locator('[data-testid="agent-missing"]').textContent(), /not registered/);
+    for (const c of ['ctl-kill', 'ctl-stop', 'ctl-suspend', 'ctl-resume', 'ctl-inject']) assert.ok(await page.locator(`[data-testid="${c}"]`).isDisabled(), `${c} off`);
+  }
+  assert.deepEqual(F.pageErrors, []);
+});
