@@ -51,8 +51,10 @@ async function page(cursor) {
     }
   } catch (e) {
     if (my !== gen) return;
-    box.dataset.state = e.status === 404 ? 'unavailable' : 'error';
-    note.textContent = e.status === 404
+    // the route itself missing (a 404 naming no field), not e.g. an unknown conversationId
+    const missing = e.status === 404 && !e.field;
+    box.dataset.state = missing ? 'unavailable' : 'error';
+    note.textContent = missing
       ? 'Search is not available on this broker: GET /api/search answered 404. Use a mapbroker with full-text search (x-mapbroker/mail/search).'
       : `Search failed (${e.message}).`;
   }

@@ -103,5 +103,21 @@ step('markup in a snippet is text; no match says so; results page with "More res
   assert.equal(new Set(seqs).size, 25, 'no result twice across pages');
   await page.locator('[data-testid="search-clear"]').click();
   await page.locator('[data-testid="conv-list"]').waitFor();
+});
+
+step('the broker\u2019s refusals are shown as such, not as "search unavailable"', async () => {
+  await page.locator('[data-testid="search-input"]').fill('!!!');
+  await page.locator('[data-testid="search-submit"]').click();
+  await page.locator('[data-testid="search-results"][data-state="error"]').waitFor();
+  assert.match(await page.locator('[data-testid="search-note"]').textContent(), /^Search failed \(HTTP 400 bad_request: .*\)\.$/);
+  // scoped to an open conversation that does not exist: a 404 naming conversationId
+  await page.evaluate(() => { location.hash = '#/c/conv-gone'; });
+  await page.locator('[data-testid="detail"][data-conv-id="conv-gone"]').waitFor();
+  await page.locator('[data-testid="search-here"]').check();
+  await page.locator('[data-testid="search-input"]').fill(W);
+  await page.locator('[data-testid="search-submit"]').click();
+  await page.locator('[data-testid="search-results"][data-state="error"]').waitFor();
+  assert.match(await page.locator('[data-testid="search-note"]').textContent(), /^Search failed \(HTTP 404 not_found: .*conv-gone\)\.$/);
+  await page.locator('[data-testid="search-here"]').uncheck();
   assert.deepEqual(F.pageErrors, []);
 });
