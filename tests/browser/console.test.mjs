@@ -75,6 +75,10 @@ step('states and new agents appear live', async () => {
   await until(async () => (await stateInTree(late.agentId)) === 'suspended', 'suspended shown live');
   await S.C.callExtension('map/agents/stop', { agentId: late.agentId, force: true });
   await until(async () => (await stateInTree(late.agentId)) === 'stopped', 'stopped shown live');
+  const gone = await F.agent(`gone-${PID}`, 'gone', 'worker');
+  await agentItem(gone.agentId).waitFor();
+  await gone.callExtension('map/agents/unregister', { agentId: gone.agentId });
+  await agentItem(gone.agentId).waitFor({ state: 'detached' });
 });
 
 step('an agent shows its parent, children and message history, and new messages live', async () => {
