@@ -1,186 +1,17 @@
-// Real-browser test of the observer dashboard (broker/dashboard, served at /):
-// the real mapbroker binary, Debian's Chromium driven by playwright-core, and
-// the unmodified MAP TypeScript SDK producing conversations and turns.
-// Every wait is bounded; nothing asserts on timing.
-//
-// Node 20 has no global WebSocket; the SDK reads the global, so install `ws`.
-import WebSocket from 'ws';
-if (typeof globalThis.WebSocket === 'undefined') globalThis.WebSocket = WebSocket;
-
-import { test, before, after } from 'node:test';
+// Real-browser test of the console's conversation views (broker/dashboard,
+// served at /): the real mapbroker binary, Debian's Chromium driven by
+// playwright-core, and the unmodified MAP TypeScript SDK producing
+// conversations and turns (fixture: lib.mjs). Every wait is bounded; nothing
+// asserts on timing.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import fs from 'node:fs';
-import net from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
-import { ClientConnection, AgentConnection, websocketStream, waitForOpen } from '@multi-agent-protocol/sdk';
+import { fixture, until, XSS } from './lib.mjs';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const REPO = path.resolve(HERE, '..', '..');
-const ARTIFACTS = path.join(REPO, 'tests', 'artifacts');
-const CHROMIUM = process.env.MB_CHROMIUM || '/usr/bin/chromium';
-const T = Number(process.env.MB_TEST_TIMEOUT_MS || 15000); // bound for every single wait
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-// ---- bounded helpers ----
-
-function withTimeout(promise, ms, label) {
-  let timer;
-  const to = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timeout after ${ms} ms: ${label}`)), ms);
-    timer.unref?.();
-  });
-  return Promise.race([Promise.resolve(promise), to]).finally(() => clearTimeout(timer));
-}
-
-/** Poll fn() until it returns a truthy value; fail with the last value seen. */
-async function until(fn, label, ms = T) {
-  const deadline = Date.now() + ms;
-  let last;
-  for (;;) {
-    try { last = await fn(); } catch (e) { last = e; }
-    if (last && !(last instanceof Error)) return last;
-    if (Date.now() > deadline) throw new Error(`timeout after ${ms} ms waiting for ${label} (last: ${last instanceof Error ? last.message : JSON.stringify(last)})`);
-    await sleep(50);
-  }
-}
-
-// ---- the broker ----
-
-function brokerBinary() {
-  for (const c of [process.env.MAPBROKER_BIN, path.join(REPO, 'build', 'broker', 'mapbroker')]) {
-    if (c && fs.existsSync(c)) return c;
-  }
-  throw new Error('mapbroker binary not found: set MAPBROKER_BIN (CTest does) or build into build/');
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => { const { port } = srv.address(); srv.close(() => resolve(port)); });
-  });
-}
-
-const canConnect = (port) => new Promise((resolve) => {
-  const s = net.connect({ host: '127.0.0.1', port });
-  s.once('connect', () => { s.destroy(); resolve(true); });
-  s.once('error', () => { s.destroy(); resolve(false); });
-});
-
-async function startBroker() {
-  const bin = brokerBinary();
-  let lastErr;
-  for (let attempt = 0; attempt < 5; attempt++) {
-    const port = await freePort();
-    const argv = ['--host', '127.0.0.1', '--port', String(port), '--store', 'memory:'];
-    const proc = spawn(bin, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let log = '';
-    const cap = (d) => { log = (log + d).slice(-200000); };
-    proc.stdout.on('data', cap);
-    proc.stderr.on('data', cap);
-    let exited = null;
-    const exitP = new Promise((resolve) => proc.once('exit', (code, sig) => resolve((exited = { code, sig }))));
-    proc.once('error', (e) => { log += `\n[spawn error] ${e.message}`; });
-    const deadline = Date.now() + 10000;
-    while (Date.now() < deadline && !exited && !(await canConnect(port))) await sleep(25);
-    if (!exited && (await canConnect(port))) {
-      return {
-        port, log: () => log,
-        async stop() {
-          if (exited) return;
-          proc.kill('SIGTERM');
-          const k = setTimeout(() => proc.kill('SIGKILL'), 5000);
-          await exitP;
-          clearTimeout(k);
-        },
-      };
-    }
-    if (!exited) { proc.kill('SIGKILL'); await exitP; }
-    lastErr = new Error(`mapbroker did not start on port ${port} (${JSON.stringify(exited)}):\n${log.slice(-4000)}`);
-    if (!/EADDRINUSE|in use|bind/i.test(log)) break;
-  }
-  throw lastErr;
-}
-
-// ---- SDK connections ----
-
-const sockets = [];
-async function openWs(port) {
-  const ws = new WebSocket(`ws://127.0.0.1:${port}/`);
-  ws.on('error', () => {});
-  sockets.push(ws);
-  await waitForOpen(ws, T);
-  return ws;
-}
-
-async function client(port, name) {
-  const c = new ClientConnection(websocketStream(await openWs(port)), { name, defaultTimeout: T });
-  await withTimeout(c.connect(), T, 'ClientConnection.connect');
-  return c;
-}
-
-async function agent(port, agentId, name, role) {
-  const a = new AgentConnection(websocketStream(await openWs(port)), { name, role, defaultTimeout: T });
-  await withTimeout(a.connect({ agentId }), T, 'AgentConnection.connect');
-  return a;
-}
-
-// ---- fixture: one broker, one browser, one page for the whole file ----
-
-let broker;
-let ctx;
+const F = fixture({ name: 'dashboard' });
+const step = F.step;
 let page;
-let userDir;
-const pageErrors = [];
-let failed = false;
-
-before(async () => {
-  assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} is missing (apt-get install chromium)`);
-  broker = await startBroker();
-  userDir = fs.mkdtempSync(path.join(os.tmpdir(), 'mb-dash-chromium-'));
-  ctx = await withTimeout(chromium.launchPersistentContext(userDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: 60000,
-    viewport: { width: 1280, height: 900 },
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  }), 90000, 'launch chromium');
-  page = ctx.pages()[0] || (await ctx.newPage());
-  page.setDefaultTimeout(T);
-  page.setDefaultNavigationTimeout(T);
-  page.on('pageerror', (e) => pageErrors.push(`pageerror: ${e.message}`));
-  page.on('console', (m) => {
-    if (m.type() === 'error' && /Content Security Policy|Uncaught/i.test(m.text())) pageErrors.push(`console: ${m.text()}`);
-  });
-});
-
-after(async () => {
-  if (failed && page) {
-    fs.mkdirSync(ARTIFACTS, { recursive: true });
-    const p = path.join(ARTIFACTS, 'dashboard-failure.png');
-    await withTimeout(page.screenshot({ path: p, fullPage: true }), T, 'failure screenshot').then(
-      () => console.log(`failure screenshot: ${p}`), () => {});
-  }
-  for (const ws of sockets) { try { ws.terminate(); } catch { /* ignore */ } }
-  if (ctx) await withTimeout(ctx.close(), 20000, 'close chromium').catch((e) => console.error(e.message));
-  if (broker) {
-    if (failed) process.stderr.write(`----- mapbroker log -----\n${broker.log().slice(-8000)}\n-----\n`);
-    await broker.stop();
-  }
-  if (userDir) fs.rmSync(userDir, { recursive: true, force: true });
-});
-
-/** A test step; any failure marks the file failed (screenshot + broker log in after()). */
-function step(name, fn) {
-  test(name, { timeout: 120000 }, async () => {
-    try { await fn(); } catch (e) { failed = true; throw e; }
-  });
-}
+const client = (name) => F.client(name);
+const agent = (id, name, role) => F.agent(id, name, role);
+const pageErrors = F.pageErrors;
 
 // ---- page queries ----
 
@@ -193,17 +24,17 @@ const turnCount = () => turns().count();
 
 const S = {};
 const PID = process.pid.toString(36);
-const XSS = '<img src=x onerror="window.__pwned=1"><b>not bold</b>';
 const REASONS = ['convergence', 'complete', 'timeout', 'error', 'impasse'];
 
 step('the page loads from the broker and its live feed connects', async () => {
-  const r = await page.goto(`http://127.0.0.1:${broker.port}/`);
+  page = F.page;
+  const r = await page.goto(`${F.broker.url}/`);
   assert.equal(r.status(), 200);
   await page.locator('[data-testid="feed-status"][data-state="live"]').waitFor();
   await page.locator('[data-testid="conv-empty"]').waitFor();
-  S.C = await client(broker.port, 'dashboard-test-client');
-  S.A = await agent(broker.port, `planner-${PID}`, 'planner', 'planner');
-  S.B = await agent(broker.port, `reviewer-${PID}`, 'reviewer', 'reviewer');
+  S.C = await client('dashboard-test-client');
+  S.A = await agent(`planner-${PID}`, 'planner', 'planner');
+  S.B = await agent(`reviewer-${PID}`, 'reviewer', 'reviewer');
 });
 
 step('a conversation created through the SDK appears in the list live', async () => {
@@ -240,7 +71,7 @@ step('opening it shows the header, participants with roles and the replayed turn
   assert.equal(await page.locator('[data-testid="stream-status"]').getAttribute('data-state'), 'live');
 });
 
-step('live turns: thread, handoff badge, escaped text, five colour-coded stop reasons, in order', async () => {
+step('live turns: thread, handoff badge, escaped text, stop reasons coloured by outcome, in order', async () => {
   const t2 = (await S.A.callExtension('mail/turns/list', { conversationId: S.conv })).turns[1];
   const th = await S.C.callExtension('mail/thread/create', { conversationId: S.conv, rootTurnId: t2.id, subject: 'venue shortlist' });
   await S.B.callExtension('mail/turn', { conversationId: S.conv, contentType: 'text', content: { text: 'LX Factory works for me.' }, threadId: th.thread.id });
@@ -284,8 +115,13 @@ step('live turns: thread, handoff badge, escaped text, five colour-coded stop re
   assert.ok(rows.every((r) => r.time), 'every turn shows its time');
   assert.equal(await page.locator('[data-testid="turns"] img, [data-testid="turns"] b').count(), 0, 'no markup injected');
   assert.equal(await page.evaluate(() => window.__pwned), undefined);
-  const colours = await page.locator('[data-testid="stop-tag"]').evaluateAll((els) => els.map((e) => getComputedStyle(e).backgroundColor));
-  assert.equal(new Set(colours).size, 5, `five distinct stop-reason colours, got ${colours.join(', ')}`);
+  // convergence/complete green, timeout amber, error red, impasse purple
+  const colours = await page.locator('[data-testid="stop-tag"]').evaluateAll((els) =>
+    Object.fromEntries(els.map((e) => [e.dataset.reason, getComputedStyle(e).backgroundColor])));
+  assert.deepEqual(colours, {
+    convergence: 'rgb(31, 122, 58)', complete: 'rgb(31, 122, 58)', timeout: 'rgb(163, 92, 0)',
+    error: 'rgb(179, 38, 30)', impasse: 'rgb(107, 63, 160)',
+  });
   // the thread chip filters the turns
   const chip = page.locator('[data-testid="thread"]', { hasText: 'venue shortlist' });
   await chip.waitFor();
@@ -315,11 +151,7 @@ step('a full replay (resync) does not duplicate turns; new turns still arrive', 
   await S.A.callExtension('mail/turn', { conversationId: S.conv, contentType: 'text', content: { text: 'After the resync.' } });
   await until(async () => (await page.locator('[data-testid="turn"][data-seq="12"]').count()) === 1, 'turn 12');
   assert.deepEqual(await turnSeqs(), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
-  fs.mkdirSync(ARTIFACTS, { recursive: true });
-  const shot = path.join(ARTIFACTS, 'dashboard.png');
-  await page.screenshot({ path: shot, fullPage: true });
-  assert.ok(fs.statSync(shot).size > 10000);
-  console.log(`screenshot: ${shot}`);
+  await F.shot('dashboard.png');
 });
 
 step('clicking the child link opens the child conversation', async () => {
@@ -338,5 +170,105 @@ step('an unknown conversation shows an error banner', async () => {
   assert.match(await b.textContent(), /404/);
   assert.equal(await page.locator('[data-testid="stream-status"]').getAttribute('data-state'), 'down');
   assert.equal(await turnCount(), 0);
+  assert.deepEqual(pageErrors, []);
+});
+
+// ---- list order, filters, attachments, search without the API ----
+
+const listed = () => page.locator('[data-testid="conv-list"] [data-testid="conv-item"]').evaluateAll((els) => els.map((e) => e.dataset.convId));
+const roots = () => page.locator('[data-testid="conv-list"] > [data-testid="conv-item"]').evaluateAll((els) => els.map((e) => e.dataset.convId));
+
+step('the list is newest first', async () => {
+  await page.evaluate(() => { location.hash = '#/'; });
+  const x = await S.C.callExtension('mail/create', { subject: 'Flights', type: 'user-session', initialParticipants: [{ id: S.A.agentId, role: 'worker' }] });
+  const y = await S.C.callExtension('mail/create', { subject: 'Hotels', type: 'mixed', initialParticipants: [{ id: S.B.agentId, role: 'worker' }] });
+  S.x = x.conversation.id;
+  S.y = y.conversation.id;
+  await item(S.y).waitFor();
+  const all = (await S.C.callExtension('mail/list', { limit: 100 })).conversations;
+  const expected = all.filter((c) => !c.parentConversationId)
+    .sort((a, b) => b.createdAt - a.createdAt || (a.id < b.id ? 1 : -1)).map((c) => c.id);
+  assert.deepEqual(await roots(), expected);
+  assert.equal(expected[0], S.y, 'the conversation created last is first');
+  assert.deepEqual(expected.slice(0, 3), [S.y, S.x, S.conv]);
+});
+
+step('filters by status, type and participant narrow the list (and stay live)', async () => {
+  await page.locator('[data-testid="filter-status"]').selectOption('completed');
+  await until(async () => JSON.stringify(await listed()) === JSON.stringify([S.child]), 'only the closed child');
+  assert.match(await page.locator('[data-testid="conv-count"]').textContent(), /^\(1 of 4\)$/);
+  await page.locator('[data-testid="filter-status"]').selectOption('');
+  await page.locator('[data-testid="filter-type"]').selectOption('mixed');
+  await until(async () => JSON.stringify(await listed()) === JSON.stringify([S.y]), 'only the mixed conversation');
+  await page.locator('[data-testid="filter-type"]').selectOption('');
+  await page.locator('[data-testid="filter-participant"]').fill(S.B.agentId);
+  await page.locator('[data-testid="filter-participant"]').press('Enter');
+  await until(async () => JSON.stringify(await listed()) === JSON.stringify([S.y, S.conv]), 'the conversations of the reviewer');
+  // live: a new conversation without the reviewer stays out, one with it comes in
+  const w = await S.C.callExtension('mail/create', { subject: 'Without the reviewer', initialParticipants: [{ id: S.A.agentId }] });
+  const z = await S.C.callExtension('mail/create', { subject: 'With the reviewer', initialParticipants: [{ id: S.B.agentId }] });
+  await until(async () => JSON.stringify(await listed()) === JSON.stringify([z.conversation.id, S.y, S.conv]), 'the new conversation with the reviewer, first');
+  assert.equal(await item(w.conversation.id).count(), 0);
+  await page.locator('[data-testid="filter-clear"]').click();
+  await until(async () => (await listed()).length === 6, 'all 6 conversations again');
+  assert.equal((await roots())[0], z.conversation.id);
+});
+
+step('attachments in turn metadata: name, type, size, a link only for web URLs, all as text', async () => {
+  await S.A.callExtension('mail/turn', {
+    conversationId: S.conv, contentType: 'text', content: { text: 'Files for the trip.' },
+    metadata: {
+      attachments: [
+        { name: 'itinerary.pdf', mimeType: 'application/pdf', size: 12345, url: 'https://files.example/itinerary.pdf' },
+        { name: XSS, mimeType: 'text/html', size: 10, url: 'javascript:window.__pwned=2' },
+        { filename: 'notes.txt', contentType: 'text/plain', size: 2048 },
+      ],
+    },
+  });
+  await page.evaluate((id) => { location.hash = `#/c/${encodeURIComponent(id)}`; }, S.conv);
+  const turn = page.locator('[data-testid="turn"]', { hasText: 'Files for the trip.' });
+  await turn.waitFor();
+  const att = await turn.locator('[data-testid="attachment"]').evaluateAll((els) => els.map((e) => ({
+    link: e.querySelector('a[data-testid="attachment-link"]')?.getAttribute('href') ?? null,
+    name: (e.querySelector('[data-testid="attachment-link"]') || e.querySelector('[data-testid="attachment-name"]')).textContent,
+    type: e.querySelector('[data-testid="attachment-type"]')?.textContent ?? null,
+    size: e.querySelector('[data-testid="attachment-size"]')?.textContent ?? null,
+    url: e.querySelector('[data-testid="attachment-url"]')?.textContent ?? null,
+    bytes: e.dataset.size,
+  })));
+  assert.deepEqual(att, [
+    { link: 'https://files.example/itinerary.pdf', name: 'itinerary.pdf', type: 'application/pdf', size: '12 KB', url: null, bytes: '12345' },
+    { link: null, name: XSS, type: 'text/html', size: '10 B', url: 'javascript:window.__pwned=2', bytes: '10' },
+    { link: null, name: 'notes.txt', type: 'text/plain', size: '2.0 KB', url: null, bytes: '2048' },
+  ]);
+  assert.equal(await turn.locator('img, b').count(), 0, 'no markup from an attachment name');
+  await turn.locator('[data-testid="attachment-url"]').click(); // text, not a link: nothing runs
+  assert.equal(await page.evaluate(() => window.__pwned), undefined);
+  // turns without attachments show none
+  assert.equal(await page.locator('[data-testid="attachments"]').count(), 1);
+});
+
+// Until the search API is merged the broker answers 404 and the box must say
+// so; with the API, the box shows what it answers (search.test.mjs covers it).
+step('the search box shows what GET /api/search answers: a clear message when the broker has no such route', async () => {
+  const probe = await fetch(`${F.broker.url}/api/search?q=Lisbon`);
+  const body = await probe.json();
+  const missing = probe.status === 404 && !body.error?.field;
+  await page.locator('[data-testid="search-input"]').fill('Lisbon');
+  await page.locator('[data-testid="search-submit"]').click();
+  const box = page.locator(`[data-testid="search-results"][data-state="${missing ? 'unavailable' : 'done'}"]`);
+  await box.waitFor();
+  if (missing) {
+    assert.match(await page.locator('[data-testid="search-note"]').textContent(), /Search is not available on this broker: GET \/api\/search answered 404/);
+    assert.equal(await page.locator('[data-testid="search-result"]').count(), 0);
+  } else {
+    assert.equal(probe.status, 200, JSON.stringify(body));
+    assert.equal(await page.locator('[data-testid="search-result"]').count(), body.results.length);
+  }
+  assert.ok(await page.locator('[data-testid="conv-list"]').isHidden());
+  await page.locator('[data-testid="search-clear"]').click();
+  await page.locator('[data-testid="conv-list"]').waitFor();
+  assert.ok(await box.isHidden());
+  await F.shot('dashboard-filters.png');
   assert.deepEqual(pageErrors, []);
 });

@@ -1,4 +1,4 @@
-# Runs the dashboard browser test after checking its prerequisites.
+# Runs one browser test file after checking its prerequisites.
 # Invoked by CTest as: cmake -DNODE=... -DBROWSER_DIR=... -DTEST_FILE=... -P run_browser_test.cmake
 foreach(pkg playwright-core ws @multi-agent-protocol/sdk)
   if(NOT EXISTS "${BROWSER_DIR}/node_modules/${pkg}/package.json")
